@@ -1,0 +1,26 @@
+"""egressguard: keyless egress proxy for AI agents, built as mitmproxy addons.
+
+`addons` is the pipeline: mitmproxy calls each hook on these in this order. Usable
+directly as `mitmdump -s addons/__init__.py`; `egressguard run` does the same with
+options set from its flags.
+"""
+
+from egressguard.pipeline.audit import Audit
+from egressguard.pipeline.egress import Egress
+from egressguard.pipeline.identity import Identity
+from egressguard.pipeline.inject import Inject
+from egressguard.pipeline.policyload import PolicyLoader
+from egressguard.pipeline.response import ResponseWatch
+from egressguard.pipeline.upstream import UpstreamMap
+from egressguard.pipeline.vendor import VendorRequest
+
+addons = [
+    PolicyLoader(),  # stamps the policy in force on each flow
+    Egress(),  # CONNECT target, SNI and Host: intercept, pass through, or 403
+    Identity(),  # agent token -> Principal; real keys sent by agents refused
+    VendorRequest(),  # model and stream flag from the request
+    Inject(),  # strip agent credentials, add the real key from Vault
+    UpstreamMap(),  # air-gapped sites: where a vendor host is reached
+    ResponseWatch(),  # SSE streamed unbuffered; usage read; key echoes scrubbed
+    Audit(),  # one hash-chained record per request, durable before the answer
+]

@@ -1,0 +1,161 @@
+"""Real vendor keys from HashiCorp Vault (or OpenBao) KV v2, through hvac.
+
+Reads run in a worker thread with a timeout, so the proxy's event loop never waits
+on Vault. Keys are cached for `ttl` seconds (a rotated key is in use within that
+time); concurrent requests for the same path share one read. Failures become
+`SecretUnavailable` with a message that says what to fix and never a key value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import hvac
+import hvac.exceptions
+import requests
+
+from egressguard.core.errors import SecretUnavailable
+from egressguard.core.secret import Secret, SecretLocation, SecretRef
+from egressguard.core.vendors import Vendor
+
+log = logging.getLogger(__name__)
+
+
+class SecretStore(Protocol):
+    async def get(self, vendor: Vendor, where: SecretLocation) -> Secret: ...
+
+
+@dataclass(frozen=True)
+class VaultConfig:
+    addr: str
+    token: str | None = None
+    role_id: str | None = None  # AppRole
+    secret_id: str | None = None
+    namespace: str | None = None
+    ca_cert: str | None = None
+    timeout: float = 2.0
+
+    def __repr__(self) -> str:
+        return f"VaultConfig(addr={self.addr!r}, <credentials redacted>)"
+
+    @classmethod
+    def from_env(cls, timeout: float = 2.0) -> VaultConfig:
+        env = os.environ
+        addr = env.get("VAULT_ADDR")
+        if not addr:
+            raise SecretUnavailable("VAULT_ADDR is not set; point it at Vault or start "
+                                    "with `egressguard run --local-vault`",
+                                    reason="vault_unconfigured")
+        return cls(addr=addr, token=env.get("VAULT_TOKEN"), role_id=env.get("VAULT_ROLE_ID"),
+                   secret_id=env.get("VAULT_SECRET_ID"), namespace=env.get("VAULT_NAMESPACE"),
+                   ca_cert=env.get("VAULT_CACERT"), timeout=timeout)
+
+
+class VaultStore:
+    def __init__(self, config: VaultConfig, ttl: float = 60.0) -> None:
+        self.config = config
+        self.ttl = ttl
+        self._cache: dict[SecretLocation, tuple[Secret, float]] = {}
+        self._inflight: dict[SecretLocation, asyncio.Future[Secret]] = {}  # one read each
+        self._local = threading.local()
+        self._login_lock = threading.Lock()
+        self._token: str | None = config.token
+        self._token_expires = float("inf")
+
+    async def get(self, vendor: Vendor, where: SecretLocation) -> Secret:
+        hit = self._cache.get(where)
+        if hit is not None and time.monotonic() - hit[1] < self.ttl:
+            return hit[0]
+        task = self._inflight.get(where)
+        if task is None:
+            task = self._inflight[where] = asyncio.ensure_future(self._fetch(vendor, where))
+            task.add_done_callback(lambda t: self._fetched(where, t))
+        return await asyncio.shield(task)
+
+    async def _fetch(self, vendor: Vendor, where: SecretLocation) -> Secret:
+        limit = self.config.timeout + 1.0
+        try:
+            secret = await asyncio.wait_for(asyncio.to_thread(self.read, vendor, where), limit)
+        except TimeoutError:
+            raise self._unavailable(where, f"no answer from Vault within {limit:.0f}s",
+                                    "vault_timeout") from None
+        self._cache[where] = (secret, time.monotonic())
+        return secret
+
+    def _fetched(self, where: SecretLocation, task: asyncio.Future[Secret]) -> None:
+        del self._inflight[where]
+        if not task.cancelled():
+            task.exception()  # retrieved here too, in case every waiter went away
+
+    def read(self, vendor: Vendor, where: SecretLocation) -> Secret:
+        """Blocking read of the key at `where` (called in a worker thread)."""
+        try:
+            resp = self._client().secrets.kv.v2.read_secret_version(
+                path=where.path, mount_point=where.mount, raise_on_deleted_version=True)
+        except hvac.exceptions.InvalidPath:
+            raise self._unavailable(where, "no key stored there; store one with "
+                                    f"`egressguard secrets put {vendor.name}`",
+                                    "secret_missing") from None
+        except hvac.exceptions.Forbidden:
+            self._token_expires = 0.0  # AppRole token may have expired: log in again next time
+            raise self._unavailable(where, "permission denied; grant the proxy's Vault "
+                                    "token read access to it", "vault_forbidden") from None
+        except hvac.exceptions.VaultDown:
+            raise self._unavailable(where, "Vault is sealed or in maintenance",
+                                    "vault_sealed") from None
+        except (requests.RequestException, hvac.exceptions.VaultError) as exc:
+            raise self._unavailable(where, f"Vault at {self.config.addr} did not answer "
+                                    f"({type(exc).__name__})", "vault_unreachable") from None
+        data = resp["data"]
+        value = (data.get("data") or {}).get(where.field)
+        if not isinstance(value, str) or not value:
+            raise self._unavailable(where, f"the secret has no {where.field!r} field",
+                                    "secret_missing")
+        version = data.get("metadata", {}).get("version")
+        return Secret(value, SecretRef(f"{where.mount}/{where.path}", version), vendor.hosts)
+
+    def write(self, where: SecretLocation, value: str) -> int:
+        """Store a key (KV v2); returns the new version. For the CLI."""
+        resp = self._client().secrets.kv.v2.create_or_update_secret(
+            path=where.path, secret={where.field: value}, mount_point=where.mount)
+        return int(resp["data"]["version"])
+
+    @staticmethod
+    def _unavailable(where: SecretLocation, why: str, reason: str) -> SecretUnavailable:
+        return SecretUnavailable(f"no vendor key available from {where.mount}/{where.path}: "
+                                 f"{why}", reason=reason)
+
+    def _client(self) -> hvac.Client:
+        """A client per worker thread (requests sessions are not thread-safe),
+        logged in with the current token."""
+        client: hvac.Client | None = getattr(self._local, "client", None)
+        if client is None:
+            client = hvac.Client(url=self.config.addr, timeout=self.config.timeout,
+                                 namespace=self.config.namespace,
+                                 verify=self.config.ca_cert or True)
+            self._local.client = client
+        client.token = self._current_token(client)
+        return client
+
+    def _current_token(self, client: hvac.Client) -> str | None:
+        if not self.config.role_id:
+            return self._token
+        with self._login_lock:
+            if time.monotonic() >= self._token_expires - 30:
+                try:
+                    auth = client.auth.approle.login(role_id=self.config.role_id,
+                                                     secret_id=self.config.secret_id)["auth"]
+                except (requests.RequestException, hvac.exceptions.VaultError) as exc:
+                    raise SecretUnavailable(f"AppRole login to Vault at {self.config.addr} "
+                                            f"failed ({type(exc).__name__})",
+                                            reason="vault_login_failed") from None
+                self._token = auth["client_token"]
+                lease = auth.get("lease_duration") or 0
+                self._token_expires = time.monotonic() + lease if lease else float("inf")
+            return self._token

@@ -1,0 +1,248 @@
+"""The `egressguard` command: run, ca, token, secrets, audit, demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import os
+import re
+import sys
+from pathlib import Path
+
+from egressguard.core import tokens
+
+_DURATION = re.compile(r"^(\d+)([smhdw])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def duration(text: str) -> int:
+    """`90s`, `15m`, `12h`, `30d`, `2w` -> seconds."""
+    m = _DURATION.match(text.strip())
+    if not m:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 30m, 12h or 30d")
+    return int(m.group(1)) * _UNITS[m.group(2)]
+
+
+def listen_address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def fail(message: str, code: int = 2) -> int:
+    print(f"egressguard: {message}", file=sys.stderr)
+    return code
+
+
+# -- run ----------------------------------------------------------------------------
+def cmd_run(args: argparse.Namespace) -> int:
+    from egressguard.tools.serve import ServeConfig, serve, use_local_vault
+
+    host, port = args.listen
+    config = ServeConfig(
+        listen_host=host, listen_port=port, policy=args.policy, journal=args.journal,
+        state=args.state, certs=args.certs, upstream_map=args.upstream_map or [],
+        upstream_ca=args.upstream_ca, secret_ttl=args.secret_ttl,
+        vault_timeout=args.vault_timeout, banner=not args.quiet)
+    if args.local_vault:
+        from egressguard.tools.localvault import LocalVaultError
+
+        try:
+            use_local_vault(args.state)
+        except LocalVaultError as exc:
+            return fail(str(exc))
+    return asyncio.run(serve(config))
+
+
+# -- ca -------------------------------------------------------------------------------
+def cmd_ca_init(args: argparse.Namespace) -> int:
+    from egressguard.tools import ca
+
+    existed = ca.CaFiles(args.certs).exists()
+    files = ca.init(args.certs)
+    print(f"{'using existing' if existed else 'created'} CA {files.cert}", file=sys.stderr)
+    print(files.cert)
+    return 0
+
+
+def cmd_ca_path(args: argparse.Namespace) -> int:
+    from egressguard.tools import ca
+
+    files = ca.CaFiles(args.certs)
+    if not files.exists():
+        return fail(f"no CA in {args.certs}; create it with `egressguard ca init`")
+    print((files.bundle if args.bundle else files.cert).resolve())
+    return 0
+
+
+# -- token ------------------------------------------------------------------------------
+def _authority(state: Path) -> tokens.TokenAuthority:
+    key = tokens.load_or_create_key(state / "token.key")
+    return tokens.TokenAuthority(key, tokens.RevocationList(state / "revoked-tokens"))
+
+
+def cmd_token_issue(args: argparse.Namespace) -> int:
+    try:
+        token, principal = _authority(args.state).issue(args.agent, args.team, args.ttl)
+    except ValueError as exc:
+        return fail(str(exc))
+    print(f"token {principal.token_id} for agent {principal.agent!r}"
+          f"{f' (team {principal.team!r})' if principal.team else ''}, expires in "
+          f"{args.ttl}s", file=sys.stderr)
+    print(token)
+    return 0
+
+
+def cmd_token_revoke(args: argparse.Namespace) -> int:
+    tokens.RevocationList(args.state / "revoked-tokens").add(args.token_id, args.note or "")
+    print(f"revoked {args.token_id}; running proxies refuse it within a second",
+          file=sys.stderr)
+    return 0
+
+
+# -- secrets ----------------------------------------------------------------------------
+def cmd_secrets_put(args: argparse.Namespace) -> int:
+    from egressguard.backends.vault import VaultConfig, VaultStore
+    from egressguard.core import policy as policy_mod
+    from egressguard.core.errors import SecretUnavailable
+    from egressguard.core.tokens import Principal
+    from egressguard.core.vendors import catalogue
+    from egressguard.core.yamlsource import ConfigError
+
+    vendor = catalogue().by_name(args.vendor)
+    if vendor is None:
+        return fail(f"unknown vendor {args.vendor!r}; known: {', '.join(catalogue().names)}")
+    try:
+        pol = policy_mod.load(args.policy)
+    except ConfigError as exc:
+        return fail(f"invalid policy:\n{exc}")
+    who = Principal(args.agent, args.team, "", 0) if (args.agent or args.team) else None
+    where = pol.secrets.location_for(vendor.name, who)
+    value = (sys.stdin.readline() if not sys.stdin.isatty()
+             else getpass.getpass(f"{vendor.name} API key (input hidden): ")).strip()
+    if not value:
+        return fail("no key given on stdin")
+    try:
+        _admin_vault_env(args.state)
+        version = VaultStore(VaultConfig.from_env()).write(where, value)
+    except SecretUnavailable as exc:
+        return fail(exc.message)
+    except Exception as exc:  # noqa: BLE001 - hvac/requests errors: say what, not the key
+        return fail(f"could not store the key at {where.mount}/{where.path}: "
+                    f"{type(exc).__name__}")
+    print(f"stored {vendor.name} key at {where.mount}/{where.path} (version {version})",
+          file=sys.stderr)
+    return 0
+
+
+def _admin_vault_env(state: Path) -> None:
+    """Without VAULT_ADDR, write to the local OpenBao with its admin token."""
+    if os.environ.get("VAULT_ADDR"):
+        return
+    from egressguard.tools.localvault import LocalVault, LocalVaultError
+
+    try:
+        creds = LocalVault(state / "openbao").credentials()
+    except LocalVaultError as exc:
+        raise SystemExit(fail(f"{exc} (set VAULT_ADDR/VAULT_TOKEN, or start the proxy "
+                              "once with `make run`)")) from None
+    os.environ["VAULT_ADDR"], os.environ["VAULT_TOKEN"] = creds.addr, creds.admin_token
+
+
+# -- audit ------------------------------------------------------------------------------
+def cmd_audit_tail(args: argparse.Namespace) -> int:
+    from egressguard.tools import auditcli
+
+    return auditcli.tail(args.journal, args.lines, args.json)
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from egressguard.tools import auditcli
+
+    return auditcli.verify(args.paths)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from egressguard.tools import demo
+
+    return demo.main()
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="egressguard", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    state = argparse.ArgumentParser(add_help=False)
+    state.add_argument("--state", type=Path, default=Path("var"),
+                       help="state directory: token key, revocations, local OpenBao (var)")
+    certs = argparse.ArgumentParser(add_help=False)
+    certs.add_argument("--certs", type=Path, default=Path("certs"), help="CA directory")
+    pol = argparse.ArgumentParser(add_help=False)
+    pol.add_argument("--policy", type=Path, default=Path("policies/default.yaml"))
+
+    r = sub.add_parser("run", parents=[state, certs, pol], help="run the proxy")
+    r.add_argument("--listen", type=listen_address, default=("127.0.0.1", 8080),
+                   metavar="HOST:PORT")
+    r.add_argument("--journal", type=Path, default=Path("var/journal"), metavar="DIR")
+    r.add_argument("--upstream-map", action="append", metavar="HOST=ADDR:PORT",
+                   help="reach HOST at ADDR:PORT instead (repeatable)")
+    r.add_argument("--upstream-ca", type=Path, metavar="FILE",
+                   help="also trust this CA for upstream connections")
+    r.add_argument("--local-vault", action="store_true",
+                   help="start a local OpenBao under --state unless VAULT_ADDR is set")
+    r.add_argument("--secret-ttl", type=float, default=60.0, metavar="SECONDS")
+    r.add_argument("--vault-timeout", type=float, default=2.0, metavar="SECONDS")
+    r.add_argument("--quiet", action="store_true", help="no start-up banner")
+    r.set_defaults(func=cmd_run)
+
+    c = sub.add_parser("ca", help="the interception CA").add_subparsers(dest="ca", required=True)
+    c.add_parser("init", parents=[certs], help="create the CA if missing").set_defaults(
+        func=cmd_ca_init)
+    cp = c.add_parser("path", parents=[certs], help="print the CA file agents trust")
+    cp.add_argument("--bundle", action="store_true",
+                    help="print the bundle of system roots + our CA (for SSL_CERT_FILE)")
+    cp.set_defaults(func=cmd_ca_path)
+
+    t = sub.add_parser("token", help="agent tokens").add_subparsers(dest="token", required=True)
+    ti = t.add_parser("issue", parents=[state], help="mint a token (printed on stdout)")
+    ti.add_argument("--agent", required=True)
+    ti.add_argument("--team")
+    ti.add_argument("--ttl", type=duration, default=duration("30d"), metavar="DURATION")
+    ti.set_defaults(func=cmd_token_issue)
+    tr = t.add_parser("revoke", parents=[state], help="revoke a token by id")
+    tr.add_argument("token_id")
+    tr.add_argument("--note")
+    tr.set_defaults(func=cmd_token_revoke)
+
+    s = sub.add_parser("secrets", help="vendor keys in Vault").add_subparsers(
+        dest="secrets", required=True)
+    sp = s.add_parser("put", parents=[state, pol], help="store a vendor key read from stdin")
+    sp.add_argument("vendor")
+    sp.add_argument("--team")
+    sp.add_argument("--agent")
+    sp.set_defaults(func=cmd_secrets_put)
+
+    a = sub.add_parser("audit", help="the audit journal").add_subparsers(dest="audit",
+                                                                        required=True)
+    at = a.add_parser("tail", help="show recent records")
+    at.add_argument("--journal", type=Path, default=Path("var/journal"))
+    at.add_argument("-n", "--lines", type=int, default=20)
+    at.add_argument("--json", action="store_true", help="raw records, one JSON per line")
+    at.set_defaults(func=cmd_audit_tail)
+    av = a.add_parser("verify", help="check the hash chain; non-zero exit on any break")
+    av.add_argument("paths", type=Path, nargs="+", metavar="PATH")
+    av.set_defaults(func=cmd_audit_verify)
+
+    sub.add_parser("demo", help="the whole path on this machine, no vendor account "
+                   "needed").set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

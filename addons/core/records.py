@@ -1,0 +1,90 @@
+"""The audit record: one per request, built once when the flow ends.
+
+Schema: `schemas/audit-record.v1.json` (kept in step with `build` by a test). Records
+hold references to credentials (path and version), never their values.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+SCHEMA = "egressguard.audit/1"
+
+
+def new_id(now: float | None = None) -> str:
+    """A UUIDv7 (time-ordered) as 32 hex digits: sortable, unique across replicas."""
+    ms = int((time.time() if now is None else now) * 1000)
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms & (2**48 - 1)) << 80 | 0x7 << 76 | (rand >> 68 & 0xFFF) << 64
+    value |= 0b10 << 62 | rand & (2**62 - 1)
+    return f"{value:032x}"
+
+
+def rfc3339(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
+
+
+@dataclass(slots=True)
+class RequestFacts:
+    """What the pipeline learned about one request, in plain data."""
+
+    id: str
+    started: float  # epoch seconds
+    client: str
+    method: str
+    host: str
+    path: str  # without the query string: queries may carry credentials
+    kind: str = "request"  # "request", or "connect" for a tunnel refused at CONNECT
+    agent: str | None = None
+    team: str | None = None
+    token_id: str | None = None
+    vendor: str | None = None
+    model: str | None = None
+    stream: bool | None = None
+    decision: str = "allow"
+    reason: str = "allowed"
+    message: str | None = None
+    status: int | None = None
+    error: str | None = None
+    latency_ms: float | None = None
+    upstream_ms: float | None = None
+    bytes_in: int = 0
+    bytes_out: int = 0
+    usage: dict[str, int | None] | None = None
+    credential: dict[str, Any] | None = field(default=None)
+
+
+def build(facts: RequestFacts) -> dict[str, Any]:
+    """The record (without chain fields, which the journal adds)."""
+    return {
+        "schema": SCHEMA,
+        "id": facts.id,
+        "kind": facts.kind,
+        "ts": rfc3339(facts.started),
+        "agent": facts.agent,
+        "team": facts.team,
+        "token_id": facts.token_id,
+        "client": facts.client,
+        "vendor": facts.vendor,
+        "host": facts.host,
+        "method": facts.method,
+        "path": facts.path,
+        "model": facts.model,
+        "stream": facts.stream,
+        "decision": facts.decision,
+        "reason": facts.reason,
+        "message": facts.message,
+        "status": facts.status,
+        "error": facts.error,
+        "latency_ms": facts.latency_ms,
+        "upstream_ms": facts.upstream_ms,
+        "bytes_in": facts.bytes_in,
+        "bytes_out": facts.bytes_out,
+        "usage": facts.usage,
+        "credential": facts.credential,
+    }

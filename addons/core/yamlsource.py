@@ -1,0 +1,84 @@
+"""Strict YAML reading with positions: duplicate keys are errors, every value keeps
+the file:line:column it came from so messages can point at it."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+Path_ = tuple[str | int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    source: str
+    line: int  # 1-based
+    column: int  # 1-based
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.source}:{self.line}:{self.column}: {self.message}"
+
+
+class ConfigError(Exception):
+    """One or more problems in a configuration file."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__("\n".join(str(p) for p in problems))
+        self.problems = problems
+
+
+class Document:
+    """Plain data from a YAML file, plus where each value is (`where(path)`)."""
+
+    def __init__(self, text: str, source: str) -> None:
+        self.source = source
+        self._marks: dict[Path_, yaml.Mark] = {}
+        try:
+            node = yaml.compose(text, Loader=yaml.SafeLoader)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            problem = getattr(exc, "problem", None) or str(exc)
+            raise ConfigError([Problem(source, mark.line + 1 if mark else 1,
+                                       mark.column + 1 if mark else 1,
+                                       f"not valid YAML: {problem}")]) from None
+        self.problems: list[Problem] = []
+        self.data: Any = self._convert(node, ()) if node is not None else None
+
+    def where(self, path: Path_, message: str) -> Problem:
+        """A problem located at `path` (or its closest known parent)."""
+        while path and path not in self._marks:
+            path = path[:-1]
+        mark = self._marks.get(path)
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        return Problem(self.source, line, col, message)
+
+    def _convert(self, node: yaml.Node, path: Path_) -> Any:
+        self._marks[path] = node.start_mark
+        if isinstance(node, yaml.MappingNode):
+            out: dict[str, Any] = {}
+            for key_node, value_node in node.value:
+                key = key_node.value
+                if key in out:
+                    first = self._marks[(*path, key)]
+                    self.problems.append(Problem(
+                        self.source, key_node.start_mark.line + 1,
+                        key_node.start_mark.column + 1,
+                        f"duplicate key {key!r} (first defined on line {first.line + 1})"))
+                    continue
+                out[key] = self._convert(value_node, (*path, key))
+                self._marks[(*path, key)] = key_node.start_mark
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [self._convert(item, (*path, i)) for i, item in enumerate(node.value)]
+        return yaml.SafeLoader(node.value).construct_object(node, deep=True) \
+            if node.tag != "tag:yaml.org,2002:str" else node.value
+
+
+def unknown_key_message(key: str, allowed: list[str] | tuple[str, ...], where: str) -> str:
+    close = difflib.get_close_matches(key, allowed, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown key {key!r} in {where}{hint} (allowed: {', '.join(allowed)})"

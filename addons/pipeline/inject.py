@@ -1,0 +1,59 @@
+"""The credential swap: strip everything the agent sent as a credential, add the real key.
+
+Runs last before the request leaves. No key obtainable means no forwarding: the
+agent gets a 503 in its vendor's error shape.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from mitmproxy import ctx, exceptions, http
+
+from egressguard.backends.vault import SecretStore, VaultConfig, VaultStore
+from egressguard.core import credentials
+from egressguard.core.errors import SecretUnavailable
+from egressguard.pipeline import flowstate
+
+log = logging.getLogger(__name__)
+
+
+class Inject:
+    def __init__(self, store: SecretStore | None = None) -> None:
+        self.store = store
+
+    def load(self, loader) -> None:  # type: ignore[no-untyped-def]
+        loader.add_option("egressguard_secret_ttl", float, 60.0,
+                          "Seconds a vendor key read from Vault is reused before re-reading.")
+        loader.add_option("egressguard_vault_timeout", float, 2.0,
+                          "Seconds to wait for Vault before answering 503.")
+
+    def configure(self, updated: set[str]) -> None:
+        if {"egressguard_secret_ttl", "egressguard_vault_timeout"} & updated:
+            try:
+                config = VaultConfig.from_env(ctx.options.egressguard_vault_timeout)
+            except SecretUnavailable as err:
+                raise exceptions.OptionsError(err.message) from None
+            self.store = VaultStore(config, ttl=ctx.options.egressguard_secret_ttl)
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if not flowstate.is_live_request(flow):
+            return
+        assert self.store is not None
+        vendor = flow.metadata[flowstate.DESTINATION].vendor
+        where = flow.metadata[flowstate.POLICY].secrets.location_for(
+            vendor.name, flow.metadata.get(flowstate.PRINCIPAL))
+        try:
+            secret = await self.store.get(vendor, where)
+        except SecretUnavailable as err:
+            log.warning("refusing %s request: %s", vendor.name, err.message)
+            flowstate.refuse(flow, err)
+            return
+        request = flow.request
+        if any(k in vendor.credential_query for k in request.query):
+            request.query = credentials.strip_query(request.query.items(multi=True), vendor)
+        headers = credentials.inject(
+            credentials.strip(request.headers.items(multi=True), vendor),
+            vendor, secret, request.host)
+        request.headers = http.Headers([(k.encode(), v.encode()) for k, v in headers])
+        flow.metadata[flowstate.SECRET] = secret

@@ -1,0 +1,54 @@
+"""The way back: stream SSE through unbuffered, read token usage, scrub key echoes."""
+
+from __future__ import annotations
+
+from mitmproxy import http
+
+from egressguard.core import usage
+from egressguard.core.credentials import KeyScrubber
+from egressguard.pipeline import flowstate
+
+
+class StreamTap:
+    """mitmproxy stream callable for an SSE response: passes each chunk on as it
+    arrives (minus any real-key echo) and watches it for usage."""
+
+    def __init__(self, scrubber: KeyScrubber) -> None:
+        self.scrubber = scrubber
+        self.sse = usage.SseUsage()
+        self.bytes = 0
+
+    def __call__(self, chunk: bytes) -> bytes:
+        self.bytes += len(chunk)
+        self.sse.feed(chunk)
+        return self.scrubber(chunk)
+
+
+class ResponseWatch:
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        assert flow.response is not None
+        flow.response.headers[flowstate.REQUEST_ID_HEADER] = flowstate.begin(flow)
+        if flowstate.REFUSAL in flow.metadata:
+            return
+        if flow.response.headers.get("content-type", "").startswith("text/event-stream"):
+            flow.response.stream = StreamTap(KeyScrubber(self._keys(flow)))
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        response = flow.response
+        assert response is not None
+        if flowstate.REFUSAL in flow.metadata:
+            return
+        if isinstance(response.stream, StreamTap):
+            flow.metadata[flowstate.USAGE] = response.stream.sse.usage
+            return
+        body = response.get_content(strict=False) or b""
+        if "json" in response.headers.get("content-type", ""):
+            flow.metadata[flowstate.USAGE] = usage.from_body(body)
+        scrubber = KeyScrubber(self._keys(flow))
+        if (clean := scrubber.scrub(body)) is not body and clean != body:
+            response.content = clean
+
+    @staticmethod
+    def _keys(flow: http.HTTPFlow) -> list[bytes]:
+        secret = flow.metadata.get(flowstate.SECRET)
+        return [secret.fingerprint_bytes()] if secret is not None else []
