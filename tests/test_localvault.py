@@ -18,9 +18,9 @@ import hvac.exceptions
 import pytest
 import requests
 
+from egressguard.tools.devvault import OpenBaoDev
 from egressguard.tools.localvault import LocalVault, LocalVaultCredentials, LocalVaultError
-from tests.support.openbao import OpenBaoDev
-from tests.support.wait import free_port, port_open
+from egressguard.tools.procs import free_port, port_open
 
 SECRET_PATH = "egressguard/openai/default"
 

@@ -1,4 +1,4 @@
-"""A real, throw-away OpenBao dev server (`bao server -dev`) for tests.
+"""A real, throw-away OpenBao dev server (`bao server -dev`) for tests and the demo.
 
 Dev mode keeps everything in memory, starts unsealed with a known root token and
 KV v2 mounted at `secret/`, so a test gets a real secret store in about a second.
@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import secrets
 import shutil
-import signal
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -21,21 +19,7 @@ import hvac
 import requests
 
 from egressguard.tools.localvault import bao_binary
-
-from .wait import free_port, port_open, wait_until
-
-STOP_GRACE = 5.0  # seconds after SIGTERM before SIGKILL
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: SIGKILL it if the test process dies (Linux only).
-
-    The kernel ties this to the thread that forked, so start servers from the thread
-    that outlives them (fixtures run on pytest's main thread).
-    """
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+from egressguard.tools.procs import STOP_GRACE, free_port, port_open, spawn, terminate, wait_until
 
 
 def _free_port_pair() -> int:
@@ -68,25 +52,15 @@ class OpenBaoDev:
         if self._proc is not None:
             return self
         self._workdir = Path(tempfile.mkdtemp(prefix="openbao-dev-"))
-        with open(self.log_path, "ab") as log:
-            self._proc = subprocess.Popen(
-                [
-                    str(bao_binary()),
-                    "server",
-                    "-dev",
-                    f"-dev-root-token-id={self.root_token}",
-                    f"-dev-listen-address=127.0.0.1:{self.port}",
-                    # Otherwise dev mode writes its token to the developer's ~/.vault-token.
-                    "-dev-no-store-token",
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self._workdir,
-                # Own session: a Ctrl-C meant for pytest is handled by our stop(), in order.
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
+        self._proc = spawn(
+            [
+                str(bao_binary()), "server", "-dev",
+                f"-dev-root-token-id={self.root_token}",
+                f"-dev-listen-address=127.0.0.1:{self.port}",
+                # Otherwise dev mode writes its token to the developer's ~/.vault-token.
+                "-dev-no-store-token",
+            ],
+            log=self.log_path, cwd=self._workdir)
         # Backstop for a test that forgets stop(); PDEATHSIG covers a killed test process.
         atexit.register(self.stop)
         try:
@@ -122,13 +96,7 @@ class OpenBaoDev:
         workdir, self._workdir = self._workdir, None
         if proc is None:
             return
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=STOP_GRACE)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=STOP_GRACE)
+        terminate(proc)
         wait_until(lambda: not port_open(self.port), timeout=STOP_GRACE, what="port to close")
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)

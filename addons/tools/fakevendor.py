@@ -1,0 +1,566 @@
+"""A local TLS fake model vendor, standing in for api.openai.com & co. in tests, the demo
+and benchmarks.
+
+It speaks enough of the OpenAI (and Azure), Anthropic and Gemini HTTP APIs for the
+official SDKs to parse its replies, records every request it receives, and serves one
+certificate (from `make_pki`) covering every vendor host name, so a proxy can route to
+it with an upstream map while keeping the real SNI and Host. The request's `model`
+drives test behaviour: `slow-stream`, `echo-headers`, `error-500`.
+
+    python -m egressguard.tools.fakevendor --listen 127.0.0.1:0 --pki-dir DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import datetime as dt
+import fcntl
+import gzip
+import http
+import ipaddress
+import itertools
+import json
+import os
+import re
+import signal
+import ssl
+import struct
+import time
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+import h11
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+VENDOR_HOSTS = (
+    "api.openai.com", "api.anthropic.com", "generativelanguage.googleapis.com",
+    "*.openai.azure.com", "api.mistral.ai", "api.cohere.com", "api.cohere.ai",
+    "api.groq.com", "openrouter.ai", "api.deepseek.com", "api.x.ai", "api.together.xyz",
+    "api.together.ai", "api.fireworks.ai", "localhost",
+)
+_HOST_VENDOR = {
+    "api.openai.com": "openai", "api.anthropic.com": "anthropic",
+    "generativelanguage.googleapis.com": "google", "api.mistral.ai": "mistral",
+    "api.cohere.com": "cohere", "api.cohere.ai": "cohere", "api.groq.com": "groq",
+    "openrouter.ai": "openrouter", "api.deepseek.com": "deepseek", "api.x.ai": "xai",
+    "api.together.xyz": "together", "api.together.ai": "together",
+    "api.fireworks.ai": "fireworks",
+}
+_CREDENTIAL_HEADERS = {"authorization", "x-api-key", "api-key", "x-goog-api-key"}
+SLOW_STREAM_DELAY = 0.3
+_READ_SIZE = 65536
+_CLOSE_TIMEOUT = 5.0
+_ids = itertools.count(1)
+
+
+# --- PKI ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pki:
+    ca_cert: Path
+    cert: Path
+    key: Path
+
+
+def make_pki(directory: Path) -> Pki:
+    """A CA and a leaf cert for every vendor host in `directory`; reuses existing files."""
+    directory.mkdir(parents=True, exist_ok=True)
+    pki = Pki(directory / "ca.pem", directory / "cert.pem", directory / "key.pem")
+    # Parallel test processes share a directory; the lock keeps one run's CA from being
+    # paired with another run's leaf.
+    with open(directory / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not all(p.exists() for p in (pki.ca_cert, pki.cert, pki.key)):
+            _write_pki(pki, directory / "ca-key.pem")
+    return pki
+
+
+def _write_pki(pki: Pki, ca_key_path: Path) -> None:
+    now = dt.datetime.now(dt.UTC)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "egressguard fake vendor CA")])
+    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
+    ca = (
+        _cert_builder(ca_name, ca_name, ca_key.public_key(), now, days=3650)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(_key_usage(key_cert_sign=True, crl_sign=True), critical=True)
+        .add_extension(ca_ski, critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    sans: list[x509.GeneralName] = [x509.DNSName(h) for h in VENDOR_HOSTS]
+    sans.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
+    leaf_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "egressguard fake vendor")])
+    leaf = (
+        _cert_builder(leaf_name, ca_name, key.public_key(), now, days=825)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_key_usage(digital_signature=True), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    _write(ca_key_path, _pem_key(ca_key), 0o600)
+    _write(pki.key, _pem_key(key), 0o600)
+    _write(pki.cert, leaf.public_bytes(serialization.Encoding.PEM), 0o644)
+    _write(pki.ca_cert, ca.public_bytes(serialization.Encoding.PEM), 0o644)
+
+
+def _cert_builder(
+    subject: x509.Name, issuer: x509.Name, public_key: Any, now: dt.datetime, days: int
+) -> x509.CertificateBuilder:
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=days))
+    )
+
+
+def _key_usage(**enabled: bool) -> x509.KeyUsage:
+    names = ("digital_signature", "content_commitment", "key_encipherment", "data_encipherment",
+             "key_agreement", "key_cert_sign", "crl_sign", "encipher_only", "decipher_only")
+    return x509.KeyUsage(**{name: enabled.get(name, False) for name in names})
+
+
+def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _write(path: Path, data: bytes, mode: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.chmod(path, mode)  # os.open's mode is masked by umask and ignored for existing files
+
+
+# --- requests and replies (no I/O) ---------------------------------------------------
+
+
+@dataclass
+class Received:
+    method: str
+    path: str
+    query: str
+    headers: list[tuple[str, str]]  # original case and order, duplicates kept
+    body: bytes  # as sent, still gzip-encoded if it was
+
+    def header(self, name: str) -> str | None:
+        return next((v for n, v in self.headers if n.lower() == name.lower()), None)
+
+    def to_json(self) -> dict[str, Any]:
+        try:
+            body, is_b64 = self.body.decode("utf-8"), False
+        except UnicodeDecodeError:
+            body, is_b64 = base64.b64encode(self.body).decode("ascii"), True
+        return {"method": self.method, "path": self.path, "query": self.query,
+                "headers": [list(h) for h in self.headers], "body": body, "body_base64": is_b64}
+
+
+@dataclass
+class Reply:
+    status: int
+    body: bytes = b""
+    events: list[bytes] | None = None  # set for a streamed reply, one chunk per event
+    content_type: str = "application/json"
+    delay: float = 0.0  # pause between streamed events
+
+
+@dataclass
+class _Call:
+    req: Received
+    vendor: str
+    payload: dict[str, Any]
+    model: str
+
+    @property
+    def stream(self) -> bool:
+        return bool(self.payload.get("stream"))
+
+    @property
+    def text(self) -> str:
+        if self.model == "echo-headers":
+            return "\n".join(f"{name}: {value}" for name, value in self.req.headers)
+        return f"Hello from fake {self.vendor}"
+
+    @property
+    def chunks(self) -> list[str]:
+        return re.findall(r"\S+\s*", self.text)
+
+    @property
+    def input_tokens(self) -> int:
+        return max(1, len(self.req.body) // 4)
+
+    @property
+    def output_tokens(self) -> int:
+        return len(self.chunks)
+
+
+_GEMINI = re.compile(r"^/v1(?:beta)?/models/([^/:]+):(generateContent|streamGenerateContent)$")
+_AZURE = re.compile(r"^/openai/deployments/([^/]+)/chat/completions$")
+_BENCH = Reply(200, b'{"ok":true}')
+
+
+def vendor_for(host: str, path: str) -> str:
+    """Which vendor a request is for: by Host, else (direct calls to localhost) by path."""
+    name = re.sub(r":\d+$", "", host.lower())
+    if name in _HOST_VENDOR:
+        return _HOST_VENDOR[name]
+    if name.endswith(".openai.azure.com") or path.startswith("/openai/deployments/"):
+        return "azure"
+    if path.startswith("/v1/messages"):
+        return "anthropic"
+    return "google" if _GEMINI.match(path) else "openai"
+
+
+def handle(req: Received) -> Reply:
+    """The fake vendor's answer to one (non-control) request."""
+    vendor = vendor_for(req.header("host") or "", req.path)
+    if not _has_credential(req):
+        return _error(vendor, 401, "no API key provided (egressguard fake vendor)")
+    try:
+        raw = gzip.decompress(req.body) if req.header("content-encoding") == "gzip" else req.body
+        payload = json.loads(raw) if raw else {}
+    except (OSError, ValueError) as exc:
+        return _error(vendor, 400, f"unreadable request body: {exc}")
+    if not isinstance(payload, dict):
+        return _error(vendor, 400, "request body must be a JSON object")
+    gemini, azure = _GEMINI.match(req.path), _AZURE.match(req.path)
+    model = gemini[1] if gemini else str(payload.get("model") or (azure[1] if azure else ""))
+    call = _Call(req, vendor, payload, model)
+    if model == "error-500":
+        return _error(vendor, 500, "the fake vendor failed, as asked by model error-500")
+    if req.method == "POST":
+        if req.path.endswith("/chat/completions"):
+            return _openai_chat(call)
+        if req.path.endswith("/responses"):
+            return _openai_responses(call)
+        if req.path.endswith("/embeddings"):
+            return _openai_embeddings(call)
+        if req.path == "/v1/messages":
+            return _anthropic_messages(call)
+        if gemini:
+            return _gemini(call, streaming=gemini[2] == "streamGenerateContent")
+    if req.method == "GET" and req.path.endswith("/models"):
+        return _json(200, {"object": "list", "data": [
+            {"id": m, "object": "model", "created": 0, "owned_by": "egressguard-fake"}
+            for m in ("gpt-4o-mini", "slow-stream", "echo-headers", "error-500")]})
+    return _error(vendor, 404, f"the fake vendor has no route for {req.method} {req.path}")
+
+
+def _has_credential(req: Received) -> bool:
+    if any(n.lower() in _CREDENTIAL_HEADERS and v.strip() for n, v in req.headers):
+        return True
+    return bool(parse_qs(req.query).get("key"))
+
+
+def _error(vendor: str, status: int, message: str) -> Reply:
+    if vendor == "anthropic":
+        kind = {400: "invalid_request_error", 401: "authentication_error",
+                404: "not_found_error", 500: "api_error"}[status]
+        return _json(status, {"type": "error", "error": {"type": kind, "message": message}})
+    if vendor == "google":
+        state = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 404: "NOT_FOUND",
+                 500: "INTERNAL"}[status]
+        return _json(status, {"error": {"code": status, "message": message, "status": state}})
+    kind = "server_error" if status >= 500 else "invalid_request_error"
+    code = {401: "invalid_api_key", 404: "unknown_url"}.get(status)
+    return _json(status, {"error": {"message": message, "type": kind, "param": None, "code": code}})
+
+
+def _json(status: int, obj: object) -> Reply:
+    return Reply(status, json.dumps(obj).encode())
+
+
+def _sse(data: object, event: str | None = None) -> bytes:
+    text = data if isinstance(data, str) else json.dumps(data)
+    return (f"event: {event}\n" if event else "").encode() + f"data: {text}\n\n".encode()
+
+
+def _stream(call: _Call, events: list[bytes]) -> Reply:
+    delay = SLOW_STREAM_DELAY if call.model == "slow-stream" else 0.0
+    return Reply(200, events=events, content_type="text/event-stream", delay=delay)
+
+
+def _openai_chat(c: _Call) -> Reply:
+    cid, created = f"chatcmpl-fake{next(_ids)}", int(time.time())
+    usage = {"prompt_tokens": c.input_tokens, "completion_tokens": c.output_tokens,
+             "total_tokens": c.input_tokens + c.output_tokens}
+    head = {"id": cid, "created": created, "model": c.model, "system_fingerprint": None}
+    if not c.stream:
+        message = {"role": "assistant", "content": c.text, "refusal": None, "annotations": []}
+        choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}
+        body = {**head, "object": "chat.completion", "choices": [choice], "usage": usage}
+        return _json(200, body)
+    with_usage = bool((c.payload.get("stream_options") or {}).get("include_usage"))
+
+    def chunk(delta: dict[str, Any] | None, finish: str | None = None, **extra: Any) -> bytes:
+        choices = [] if delta is None else [
+            {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
+        usage_field = {"usage": None} if with_usage else {}
+        return _sse({**head, "object": "chat.completion.chunk", "choices": choices,
+                     **usage_field, **extra})
+
+    events = [chunk({"role": "assistant", "content": ""})]
+    events += [chunk({"content": part}) for part in c.chunks]
+    events.append(chunk({}, "stop"))
+    if with_usage:
+        events.append(chunk(None, usage=usage))
+    return _stream(c, [*events, _sse("[DONE]")])
+
+
+def _openai_responses(c: _Call) -> Reply:
+    if c.stream:
+        return _error(c.vendor, 400, "the fake vendor only answers non-streamed /responses")
+    content = [{"type": "output_text", "text": c.text, "annotations": []}]
+    output = [{"type": "message", "id": f"msg_fake{next(_ids)}", "status": "completed",
+               "role": "assistant", "content": content}]
+    usage = {"input_tokens": c.input_tokens, "input_tokens_details": {"cached_tokens": 0},
+             "output_tokens": c.output_tokens, "output_tokens_details": {"reasoning_tokens": 0},
+             "total_tokens": c.input_tokens + c.output_tokens}
+    return _json(200, {
+        "id": f"resp_fake{next(_ids)}", "object": "response", "created_at": int(time.time()),
+        "status": "completed", "model": c.model, "output": output, "usage": usage,
+        "error": None, "incomplete_details": None, "instructions": None, "metadata": {},
+        "parallel_tool_calls": True, "tool_choice": "auto", "tools": [],
+        "temperature": 1.0, "top_p": 1.0,
+    })
+
+
+def _openai_embeddings(c: _Call) -> Reply:
+    inputs = c.payload.get("input")
+    single = not isinstance(inputs, list) or all(isinstance(i, int) for i in inputs)
+    count = 1 if single else len(inputs)
+    vector = [0.25, -0.5, 0.125, 1.0]
+    as_b64 = c.payload.get("encoding_format") == "base64"
+    packed = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+    data = [{"object": "embedding", "index": i, "embedding": packed if as_b64 else vector}
+            for i in range(count)]
+    usage = {"prompt_tokens": c.input_tokens, "total_tokens": c.input_tokens}
+    return _json(200, {"object": "list", "data": data, "model": c.model, "usage": usage})
+
+
+def _anthropic_messages(c: _Call) -> Reply:
+    message = {
+        "id": f"msg_fake{next(_ids)}", "type": "message", "role": "assistant", "model": c.model,
+        "content": [{"type": "text", "text": c.text}], "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": c.input_tokens, "output_tokens": c.output_tokens},
+    }
+    if not c.stream:
+        return _json(200, message)
+
+    def event(kind: str, **fields: Any) -> bytes:
+        return _sse({"type": kind, **fields}, kind)
+
+    start = {**message, "content": [], "stop_reason": None,
+             "usage": {"input_tokens": c.input_tokens, "output_tokens": 1}}
+    events = [
+        event("message_start", message=start),
+        event("content_block_start", index=0, content_block={"type": "text", "text": ""}),
+        event("ping"),
+    ]
+    events += [event("content_block_delta", index=0, delta={"type": "text_delta", "text": part})
+               for part in c.chunks]
+    events += [
+        event("content_block_stop", index=0),
+        event("message_delta", delta={"stop_reason": "end_turn", "stop_sequence": None},
+              usage={"output_tokens": c.output_tokens}),
+        event("message_stop"),
+    ]
+    return _stream(c, events)
+
+
+def _gemini(c: _Call, streaming: bool) -> Reply:
+    rid = f"fake{next(_ids)}"
+
+    def chunk(text: str, done: bool, out_tokens: int) -> dict[str, Any]:
+        candidate: dict[str, Any] = {"content": {"parts": [{"text": text}], "role": "model"},
+                                     "index": 0}
+        if done:
+            candidate["finishReason"] = "STOP"
+        usage = {"promptTokenCount": c.input_tokens, "candidatesTokenCount": out_tokens,
+                 "totalTokenCount": c.input_tokens + out_tokens}
+        return {"candidates": [candidate], "usageMetadata": usage, "modelVersion": c.model,
+                "responseId": rid}
+
+    if not streaming:
+        return _json(200, chunk(c.text, True, c.output_tokens))
+    parts = c.chunks
+    bodies = [chunk(p, i == len(parts) - 1, i + 1) for i, p in enumerate(parts)]
+    return _stream(c, [_sse(b) for b in bodies])  # as with ?alt=sse, which every SDK sends
+
+
+# --- the server ------------------------------------------------------------------------
+
+
+class FakeVendor:
+    """HTTP/1.1 keep-alive over TLS, one asyncio task per connection, h11 for framing."""
+
+    def __init__(self, pki: Pki, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.pki, self.host, self.port = pki, host, port
+        self.received: list[Received] = []
+        self._server: asyncio.Server | None = None
+        self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+
+    async def start(self) -> int:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(self.pki.cert, self.pki.key)
+        ctx.set_alpn_protocols(["http/1.1"])
+        self._server = await asyncio.start_server(self._serve, self.host, self.port, ssl=ctx)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        return self.port
+
+    async def stop(self) -> None:
+        if self._server is None:
+            return
+        self._server.close()
+        # Idle keep-alive connections would otherwise hold wait_closed() open forever.
+        for task, writer in list(self._connections.items()):
+            writer.transport.abort()
+            task.cancel()
+        await asyncio.gather(*self._connections, return_exceptions=True)
+        await self._server.wait_closed()
+        self._server = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections[task] = writer
+        conn = h11.Connection(h11.SERVER)
+        try:
+            while await self._serve_one(conn, reader, writer):
+                conn.start_next_cycle()
+        except h11.RemoteProtocolError as exc:
+            with suppress(h11.LocalProtocolError, OSError):
+                await _send(conn, writer, _json(exc.error_status_hint, {"error": str(exc)}))
+        except OSError:
+            pass  # the client hung up
+        finally:
+            self._connections.pop(task, None)
+            writer.close()
+            try:
+                await asyncio.wait_for(writer.wait_closed(), _CLOSE_TIMEOUT)
+            except (OSError, TimeoutError):
+                writer.transport.abort()
+
+    async def _serve_one(
+        self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        """Answer one request; True if the connection may carry another."""
+        request = await _next_event(conn, reader)
+        if not isinstance(request, h11.Request):
+            return False
+        if conn.they_are_waiting_for_100_continue:
+            writer.write(_out(conn, h11.InformationalResponse(status_code=100, headers=[])))
+        body = bytearray()
+        while isinstance(event := await _next_event(conn, reader), h11.Data):
+            body += event.data
+        path, _, query = request.target.decode("latin-1").partition("?")
+        raw_headers = request.headers.raw_items()
+        headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in raw_headers]
+        req = Received(request.method.decode("ascii"), path, query, headers, bytes(body))
+        if path.startswith("/_fake/"):
+            reply = self._control(req)
+        elif path == "/bench":
+            reply = _BENCH  # not recorded: benchmarks send millions
+        else:
+            self.received.append(req)
+            reply = handle(req)
+        await _send(conn, writer, reply)
+        return conn.our_state is h11.DONE and conn.their_state is h11.DONE
+
+    def _control(self, req: Received) -> Reply:
+        if (req.method, req.path) == ("GET", "/_fake/received"):
+            return _json(200, [r.to_json() for r in self.received])
+        if (req.method, req.path) == ("POST", "/_fake/reset"):
+            self.received.clear()
+            return _json(200, {"ok": True})
+        return _json(404, {"error": f"no control endpoint {req.method} {req.path}"})
+
+
+async def _next_event(conn: h11.Connection, reader: asyncio.StreamReader) -> Any:
+    while (event := conn.next_event()) is h11.NEED_DATA:
+        conn.receive_data(await reader.read(_READ_SIZE))
+    return event
+
+
+def _out(conn: h11.Connection, *events: Any) -> bytes:
+    return b"".join(conn.send(e) or b"" for e in events)
+
+
+async def _send(conn: h11.Connection, writer: asyncio.StreamWriter, reply: Reply) -> None:
+    rid = f"req_fake{next(_ids)}"
+    headers = [("content-type", reply.content_type), ("x-request-id", rid), ("request-id", rid)]
+    reason = http.HTTPStatus(reply.status).phrase.encode()
+    if reply.events is None:
+        headers.append(("content-length", str(len(reply.body))))
+        response = h11.Response(status_code=reply.status, headers=headers, reason=reason)
+        writer.write(_out(conn, response, h11.Data(data=reply.body), h11.EndOfMessage()))
+        await writer.drain()
+        return
+    headers += [("cache-control", "no-cache"), ("transfer-encoding", "chunked")]
+    response = h11.Response(status_code=reply.status, headers=headers, reason=reason)
+    writer.write(_out(conn, response))
+    for i, event in enumerate(reply.events):
+        if i and reply.delay:
+            await asyncio.sleep(reply.delay)
+        # One chunk per event, drained before the next, so clients see each as it happens.
+        writer.write(_out(conn, h11.Data(data=event)))
+        await writer.drain()
+    writer.write(_out(conn, h11.EndOfMessage()))
+    await writer.drain()
+
+
+# --- CLI -------------------------------------------------------------------------------
+
+
+async def _serve_until_signalled(pki: Pki, host: str, port: int) -> None:
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    vendor = FakeVendor(pki, host, port)
+    bound = await vendor.start()
+    try:
+        print(json.dumps({"port": bound, "ca": str(pki.ca_cert)}), flush=True)
+        await stopping.wait()
+    finally:
+        await vendor.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m egressguard.tools.fakevendor",
+        description="Serve a fake model vendor over TLS; print {port, ca} as one JSON line.",
+    )
+    parser.add_argument("--listen", default="127.0.0.1:0",
+                        help="HOST:PORT to listen on; port 0 picks a free one")
+    parser.add_argument("--pki-dir", type=Path, required=True,
+                        help="directory holding the CA and leaf cert (created if missing)")
+    args = parser.parse_args(argv)
+    host, _, port = args.listen.rpartition(":")
+    if not host or not port.isdigit():
+        parser.error(f"--listen must be HOST:PORT, got {args.listen!r}")
+    asyncio.run(_serve_until_signalled(make_pki(args.pki_dir), host, int(port)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

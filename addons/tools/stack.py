@@ -1,0 +1,178 @@
+"""A whole egressguard set-up on loopback: real OpenBao, the fake vendor, the proxy.
+
+Used by the end-to-end tests, `egressguard demo` and the benchmarks: each process
+starts on a free port, is waited for on a condition (never a fixed sleep) and is
+stopped by process id.
+"""
+
+from __future__ import annotations
+
+import json
+import select
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from egressguard.backends.journal import read_records
+from egressguard.core import tokens
+from egressguard.core.policy import load as load_policy
+from egressguard.core.tokens import Principal
+from egressguard.tools.devvault import OpenBaoDev
+from egressguard.tools.fakevendor import VENDOR_HOSTS
+from egressguard.tools.procs import free_port, port_open, spawn, terminate, wait_until
+
+REPO_POLICY = Path(__file__).resolve().parents[2] / "policies" / "default.yaml"
+
+
+class Stack:
+    def __init__(self, workdir: Path, policy: Path | None = None,
+                 proxy_args: tuple[str, ...] = ()) -> None:
+        self.workdir = workdir
+        self.policy = policy or REPO_POLICY
+        self.proxy_args = proxy_args
+        self.state = workdir / "var"
+        self.journal = workdir / "journal"
+        self.certs = workdir / "certs"
+        self.pki = workdir / "pki"
+        self.vault = OpenBaoDev()
+        self.vendor_port = 0
+        self.proxy_port = free_port()
+        self._vendor: subprocess.Popen[bytes] | None = None
+        self._proxy: subprocess.Popen[bytes] | None = None
+        self._authority: tokens.TokenAuthority | None = None
+
+    # -- life cycle ---------------------------------------------------------------------
+    def __enter__(self) -> Stack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> Stack:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.vault.start()
+            self._start_vendor()
+            self._authority = tokens.TokenAuthority(
+                tokens.load_or_create_key(self.state / "token.key"),
+                tokens.RevocationList(self.state / "revoked-tokens", recheck_seconds=0))
+            self.start_proxy()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        self.stop_proxy()
+        terminate(self._vendor)
+        self._vendor = None
+        self.vault.stop()
+
+    def start_proxy(self, timeout: float = 30.0) -> None:
+        mapping = [f"{host}=127.0.0.1:{self.vendor_port}" for host in VENDOR_HOSTS
+                   if host != "localhost"]
+        args = [sys.executable, "-m", "egressguard.cli", "run", "--quiet",
+                "--listen", f"127.0.0.1:{self.proxy_port}", "--policy", str(self.policy),
+                "--state", str(self.state), "--journal", str(self.journal),
+                "--certs", str(self.certs), "--upstream-ca", str(self.pki / "ca.pem"),
+                *[a for m in mapping for a in ("--upstream-map", m)], *self.proxy_args]
+        env = {"VAULT_ADDR": self.vault.addr, "VAULT_TOKEN": self.vault.root_token}
+        self._proxy = spawn(args, log=self.proxy_log, cwd=self.workdir, env=env)
+        proc = self._proxy
+
+        def up() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"proxy exited with {proc.returncode}:\n{self.proxy_output()}")
+            return port_open(self.proxy_port)
+
+        wait_until(up, timeout=timeout, what="egressguard to listen")
+
+    def stop_proxy(self) -> None:
+        terminate(self._proxy)
+        self._proxy = None
+
+    @property
+    def proxy_log(self) -> Path:
+        return self.workdir / "proxy.log"
+
+    def proxy_output(self) -> str:
+        return self.proxy_log.read_text(errors="replace") if self.proxy_log.exists() else ""
+
+    def _start_vendor(self, timeout: float = 20.0) -> None:
+        self._vendor = spawn([sys.executable, "-m", "egressguard.tools.fakevendor",
+                              "--listen", "127.0.0.1:0", "--pki-dir", str(self.pki)],
+                             log=self.workdir / "fakevendor.log", stdout_pipe=True)
+        assert self._vendor.stdout is not None
+        ready, _, _ = select.select([self._vendor.stdout], [], [], timeout)
+        line = self._vendor.stdout.readline() if ready else b""
+        if not line:
+            raise RuntimeError("fake vendor did not start; see fakevendor.log")
+        self.vendor_port = int(json.loads(line)["port"])
+
+    # -- what a test or demo does with it ----------------------------------------------------
+    @property
+    def proxy(self) -> str:
+        return f"http://127.0.0.1:{self.proxy_port}"
+
+    def proxy_url(self, agent: str, token: str) -> str:
+        return f"http://{agent}:{token}@127.0.0.1:{self.proxy_port}"
+
+    @property
+    def ca_bundle(self) -> Path:
+        """What agents trust: system roots + the interception CA."""
+        return self.certs / "egressguard-ca-bundle.pem"
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.certs / "egressguard-ca.pem"
+
+    def agent_ssl_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.ca_bundle))
+
+    def token(self, agent: str = "agent-1", team: str | None = None, ttl: int = 3600,
+              issued_at: float | None = None) -> str:
+        assert self._authority is not None
+        return self._authority.issue(agent, team, ttl, now=issued_at)[0]
+
+    def revoke(self, token: str) -> None:
+        assert self._authority is not None
+        principal = self._authority.verify(token)
+        tokens.RevocationList(self.state / "revoked-tokens").add(principal.token_id)
+
+    def put_key(self, vendor: str, value: str, agent: str | None = None,
+                team: str | None = None) -> int:
+        """Store a vendor key where the policy says this agent's key lives."""
+        who = Principal(agent, team, "", 0) if (agent or team) else None
+        where = load_policy(self.policy).secrets.location_for(vendor, who)
+        return self.vault.put_secret(where.path, {where.field: value}, mount=where.mount)
+
+    def received(self) -> list[dict[str, Any]]:
+        """What the fake vendor received, in order (asked directly, not via the proxy)."""
+        with self._vendor_client() as client:
+            return list(client.get("/_fake/received").json())
+
+    def reset_received(self) -> None:
+        with self._vendor_client() as client:
+            client.post("/_fake/reset")
+
+    def _vendor_client(self) -> httpx.Client:
+        ctx = ssl.create_default_context(cafile=str(self.pki / "ca.pem"))
+        return httpx.Client(base_url=f"https://localhost:{self.vendor_port}", verify=ctx,
+                            trust_env=False, timeout=10)
+
+    def records(self) -> list[dict[str, Any]]:
+        return list(read_records([self.journal])) if self.journal.exists() else []
+
+    def wait_records(self, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """The journal once it holds at least `count` records."""
+        return wait_until(lambda: (r := self.records()) and len(r) >= count and r,
+                          timeout=timeout, what=f"{count} audit records")
+
+
+def elapsed_ms(start: float) -> float:
+    return (time.perf_counter() - start) * 1000
