@@ -97,7 +97,7 @@ def cmd_token_issue(args: argparse.Namespace) -> int:
 
 def cmd_token_revoke(args: argparse.Namespace) -> int:
     tokens.RevocationList(args.state / "revoked-tokens").add(args.token_id, args.note or "")
-    print(f"revoked {args.token_id}; running proxies refuse it within a second",
+    print(f"revoked {args.token_id}; running proxies refuse it from the next request",
           file=sys.stderr)
     return 0
 

@@ -72,9 +72,14 @@ class Journal:
     def open(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._lock()
-        files = journal_files(self.directory)
-        self.path = files[-1] if files else self.directory / "journal-000001.jsonl"
-        self._prev_hash = self._recover(self.path) if files else self._prev_hash
+        try:
+            files = journal_files(self.directory)
+            self.path = files[-1] if files else self.directory / "journal-000001.jsonl"
+            self._prev_hash = self._recover(self.path) if files else self._prev_hash
+        except BaseException:
+            os.close(self._lock_fd)  # so a repaired directory can be opened again
+            self._lock_fd = -1
+            raise
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         self._thread = threading.Thread(target=self._writer, name="egressguard-journal",
                                         daemon=True)
@@ -198,7 +203,9 @@ class Journal:
                 torn = tail[cut:]
                 keep = size - len(torn)
                 aside = path.with_name(f"{path.name}.torn-{int(time.time())}")
-                aside.write_bytes(torn)
+                fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "wb") as out:
+                    out.write(torn)
                 f.truncate(keep)
                 log.warning("journal %s ended in a torn record (%d bytes); moved to %s",
                             path, len(torn), aside)

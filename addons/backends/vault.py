@@ -66,7 +66,9 @@ class VaultStore:
         self._local = threading.local()
         self._login_lock = threading.Lock()
         self._token: str | None = config.token
-        self._token_expires = float("inf")
+        # AppRole: no token until the first login; a static token never expires here
+        self._token_expires = 0.0 if config.role_id else float("inf")
+        self._clients: list[hvac.Client] = []
 
     async def get(self, vendor: Vendor, where: SecretLocation) -> Secret:
         hit = self._cache.get(where)
@@ -106,6 +108,9 @@ class VaultStore:
             self._token_expires = 0.0  # AppRole token may have expired: log in again next time
             raise self._unavailable(where, "permission denied; grant the proxy's Vault "
                                     "token read access to it", "vault_forbidden") from None
+        except requests.Timeout:
+            raise self._unavailable(where, f"no answer from Vault at {self.config.addr} "
+                                    f"within {self.config.timeout:g}s", "vault_timeout") from None
         except hvac.exceptions.VaultDown:
             raise self._unavailable(where, "Vault is sealed or in maintenance",
                                     "vault_sealed") from None
@@ -127,6 +132,12 @@ class VaultStore:
         return int(resp["data"]["version"])
 
     @staticmethod
+    def close(self) -> None:
+        for client in self._clients:
+            client.adapter.close()
+        self._clients.clear()
+
+    @staticmethod
     def _unavailable(where: SecretLocation, why: str, reason: str) -> SecretUnavailable:
         return SecretUnavailable(f"no vendor key available from {where.mount}/{where.path}: "
                                  f"{why}", reason=reason)
@@ -136,10 +147,15 @@ class VaultStore:
         logged in with the current token."""
         client: hvac.Client | None = getattr(self._local, "client", None)
         if client is None:
+            session = requests.Session()
+            # Vault is reached directly: an HTTP(S)_PROXY meant for agents (often this
+            # very proxy) must never carry the Vault token.
+            session.trust_env = False
             client = hvac.Client(url=self.config.addr, timeout=self.config.timeout,
-                                 namespace=self.config.namespace,
+                                 namespace=self.config.namespace, session=session,
                                  verify=self.config.ca_cert or True)
             self._local.client = client
+            self._clients.append(client)
         client.token = self._current_token(client)
         return client
 

@@ -57,12 +57,15 @@ def verify(lines: Iterable[tuple[str, int, bytes]], state: ChainState) -> Iterat
     for source, lineno, raw in lines:
         try:
             record = orjson.loads(raw)
-            claimed, prev = record["hash"], record["prev_hash"]
-        except (orjson.JSONDecodeError, KeyError, TypeError):
+        except orjson.JSONDecodeError:
+            record = None
+        claimed = record.get("hash") if isinstance(record, dict) else None
+        if not isinstance(record, dict) or not isinstance(claimed, str):
             yield Break(source, lineno, "not a chained audit record (unparseable or no hash)")
             continue
+        prev = record.get("prev_hash")
         if prev != state.prev_hash:
-            yield Break(source, lineno, f"prev_hash {prev[:12]}… does not match the "
+            yield Break(source, lineno, f"prev_hash {str(prev)[:12]}… does not match the "
                         f"previous record's hash {state.prev_hash[:12]}… (record missing, "
                         "inserted or reordered)")
         if record_hash(record) != claimed:

@@ -91,9 +91,10 @@ def _build(doc: Document, vendors: Catalogue, problems: list[Problem]) -> Policy
         problems.append(doc.where((), "a policy is a mapping with at least `version: 1`"))
         return Policy(doc.source)
     _check_keys(doc, data, (), _TOP, "the policy", problems)
-    if data.get("version") != VERSION:
+    version = data.get("version")
+    if type(version) is not int or version != VERSION:  # not True, not 1.0
         problems.append(doc.where(("version",), f"`version: {VERSION}` is required "
-                                  f"(found {data.get('version')!r})"))
+                                  f"(found {version!r})"))
     passthrough = _hosts(doc, data.get("passthrough", []), problems)
     secrets = _secrets(doc, data.get("secrets", {}), vendors, problems)
     return Policy(doc.source, passthrough, secrets)

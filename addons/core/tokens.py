@@ -42,7 +42,11 @@ def _b64(data: bytes) -> str:
 
 
 def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    """Strict base64url: one canonical spelling per value, so tokens are not malleable."""
+    data = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
+    if _b64(data) != text:
+        raise ValueError("non-canonical base64url")
+    return data
 
 
 def looks_like_token(value: str) -> bool:
@@ -50,7 +54,7 @@ def looks_like_token(value: str) -> bool:
 
 
 def check_name(kind: str, name: str) -> str:
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise ValueError(f"{kind} name {name!r} must be 1-64 of A-Z a-z 0-9 . _ - "
                          "and start with a letter or digit")
     return name
@@ -117,15 +121,16 @@ class TokenAuthority:
 class RevocationList:
     """Revoked token ids, one per line in a file (`#` comments allowed).
 
-    Re-read when the file changes, checked at most once a second so the hot path
-    costs a dict lookup, not a stat().
+    Re-read when the file changes. A revocation takes effect on the next request:
+    the check is one stat() (about a microsecond), which `recheck_seconds` can
+    throttle on systems where stat is slow (network file systems).
     """
 
-    def __init__(self, path: Path, recheck_seconds: float = 1.0) -> None:
+    def __init__(self, path: Path, recheck_seconds: float = 0.0) -> None:
         self.path = path
         self._recheck = recheck_seconds
-        self._checked = 0.0
-        self._mtime: float | None = None
+        self._checked = float("-inf")
+        self._seen: tuple[int, int, int] | None = None  # (mtime_ns, size, inode)
         self._ids: frozenset[str] = frozenset()
 
     def contains(self, token_id: str) -> bool:
@@ -139,18 +144,20 @@ class RevocationList:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as f:
             f.write(f"{token_id}{'  # ' + note if note else ''}\n")
-        self._checked = 0.0
+        self._checked = float("-inf")
 
     def _reload(self) -> None:
         try:
-            mtime = self.path.stat().st_mtime
+            st = self.path.stat()
         except FileNotFoundError:
-            self._ids, self._mtime = frozenset(), None
+            self._ids, self._seen = frozenset(), None
             return
-        if mtime != self._mtime:
+        # size too: an append within one timestamp tick leaves mtime unchanged
+        seen = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if seen != self._seen:
             lines = self.path.read_text().splitlines()
             self._ids = frozenset(s for line in lines if (s := line.split("#")[0].strip()))
-            self._mtime = mtime
+            self._seen = seen
 
 
 def load_or_create_key(path: Path) -> bytes:

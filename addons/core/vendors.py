@@ -66,11 +66,21 @@ class Catalogue:
         return next((v for v in self.vendors if v.serves(host)), None)
 
     def looks_like_real_key(self, value: str) -> str | None:
-        """Name of the vendor whose key format `value` matches, if any."""
-        for vendor in self.vendors:
-            if any(p.match(value) for p in vendor.key_patterns):
-                return vendor.name
-        return None
+        """Name of the vendor whose key format `value` matches, if any; where several
+        match (OpenAI's `sk-` covers `sk-ant-`), the longest literal prefix wins."""
+        best: tuple[int, int] | None = None  # (prefix length, -catalogue position)
+        for position, vendor in enumerate(self.vendors):
+            for pattern in vendor.key_patterns:
+                if pattern.match(value):
+                    score = (_literal_prefix_length(pattern.pattern), -position)
+                    best = max(best, score) if best else score
+        return self.vendors[-best[1]].name if best else None
+
+
+def _literal_prefix_length(pattern: str) -> int:
+    """How many literal characters a `^...` pattern starts with."""
+    m = re.match(r"\^([A-Za-z0-9_-]*)", pattern)
+    return len(m.group(1)) if m else 0
 
 
 def parse_catalogue(data: dict) -> Catalogue:

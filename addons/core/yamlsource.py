@@ -61,6 +61,12 @@ class Document:
         if isinstance(node, yaml.MappingNode):
             out: dict[str, Any] = {}
             for key_node, value_node in node.value:
+                if not isinstance(key_node, yaml.ScalarNode):
+                    self.problems.append(Problem(
+                        self.source, key_node.start_mark.line + 1,
+                        key_node.start_mark.column + 1, "keys must be plain names, not "
+                        "lists or mappings"))
+                    continue
                 key = key_node.value
                 if key in out:
                     first = self._marks[(*path, key)]

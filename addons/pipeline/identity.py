@@ -87,6 +87,8 @@ class Identity:
         try:
             flow.metadata[flowstate.PRINCIPAL] = self._identify(flow, vendor)
         except EgressError as err:
+            if principal := self.tunnels.get(flow.client_conn):
+                flow.metadata[flowstate.PRINCIPAL] = principal  # so the refusal names it
             flowstate.refuse(flow, err)
 
     def _identify(self, flow: http.HTTPFlow, vendor: Vendor) -> Principal:

@@ -31,7 +31,10 @@ class ResponseWatch:
         if flowstate.REFUSAL in flow.metadata:
             return
         if flow.response.headers.get("content-type", "").startswith("text/event-stream"):
-            flow.response.stream = StreamTap(KeyScrubber(self._keys(flow)))
+            tap = StreamTap(KeyScrubber(self._keys(flow)))
+            flow.response.stream = tap
+            # filled as events pass: complete even if the agent hangs up after the last one
+            flow.metadata[flowstate.USAGE] = tap.sse.usage
 
     def response(self, flow: http.HTTPFlow) -> None:
         response = flow.response
@@ -39,7 +42,6 @@ class ResponseWatch:
         if flowstate.REFUSAL in flow.metadata:
             return
         if isinstance(response.stream, StreamTap):
-            flow.metadata[flowstate.USAGE] = response.stream.sse.usage
             return
         body = response.get_content(strict=False) or b""
         if "json" in response.headers.get("content-type", ""):

@@ -1,7 +1,8 @@
 """Air-gapped routing: send a vendor host's traffic to another address.
 
 `--upstream-map api.openai.com=10.0.0.5:8443` keeps the name (TLS SNI, certificate
-check, Host header) and changes only the address connected to.
+check, Host header) and changes only the address connected to. HOST may be a
+`*.domain` pattern.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections.abc import Sequence
 from mitmproxy import ctx, exceptions
 from mitmproxy.proxy import server_hooks
 
-from egressguard.core.vendors import normalize_host
+from egressguard.core.vendors import host_matches, normalize_host
 
 
 def parse_map(entries: Sequence[str]) -> dict[str, tuple[str, int]]:
@@ -42,6 +43,8 @@ class UpstreamMap:
         if not self.map or data.server.address is None:
             return
         host = normalize_host(data.server.address[0])
-        if target := self.map.get(host):
+        target = self.map.get(host) or next(
+            (t for pattern, t in self.map.items() if host_matches(pattern, host)), None)
+        if target:
             data.server.sni = data.server.sni or host
             data.server.address = target

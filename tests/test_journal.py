@@ -1,0 +1,216 @@
+"""The local audit journal (`egressguard.backends.journal`): chained, durable, recoverable."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from egressguard.backends.journal import (
+    Journal,
+    JournalError,
+    journal_files,
+    read_lines,
+    read_records,
+)
+from egressguard.core.chain import GENESIS, ChainState, verify
+
+FIRST = "journal-000001.jsonl"
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@contextmanager
+def opened(directory: Path, fsync: bool = True) -> Iterator[Journal]:
+    journal = Journal(directory, fsync=fsync)
+    journal.open()
+    try:
+        yield journal
+    finally:
+        journal.close()
+
+
+def write(directory: Path, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    with opened(directory) as journal:
+        return [journal.append_sync(r) for r in records]
+
+
+def breaks(directory: Path) -> list[str]:
+    return [str(b) for b in verify(read_lines([directory]), ChainState())]
+
+
+def records(directory: Path) -> list[dict[str, Any]]:
+    return list(read_records([directory]))
+
+
+def test_append_sync_writes_chained_lines_that_verify(tmp_path: Path) -> None:
+    directory = tmp_path / "journal"
+    written = write(directory, [{"n": i} for i in range(3)])
+    assert [r["n"] for r in written] == [0, 1, 2]
+    assert written[0]["prev_hash"] == GENESIS
+    assert [r["prev_hash"] for r in written[1:]] == [r["hash"] for r in written[:-1]]
+    assert records(directory) == written
+    assert breaks(directory) == []
+    raw = (directory / FIRST).read_bytes()
+    assert raw.endswith(b"\n") and raw.count(b"\n") == 3
+
+
+def test_files_are_private(tmp_path: Path) -> None:
+    directory = tmp_path / "journal"
+    write(directory, [{"n": 1}])
+    assert mode(directory) == 0o700
+    assert {p.name: mode(p) for p in directory.iterdir()} == {FIRST: 0o600,
+                                                              "journal.lock": 0o600}
+    assert (directory / "journal.lock").read_text() == f"{os.getpid()}\n"
+
+
+def test_concurrent_async_appends_are_all_durable_chained_and_in_order(
+        tmp_path: Path) -> None:
+    directory = tmp_path / "journal"
+
+    async def main() -> list[dict[str, Any]]:
+        with opened(directory) as journal:
+            return await asyncio.gather(*(journal.append({"n": i}) for i in range(200)))
+
+    returned = asyncio.run(main())
+    assert [r["n"] for r in returned] == list(range(200))
+    on_disk = records(directory)
+    assert on_disk == returned
+    assert breaks(directory) == []
+
+
+def test_an_acknowledged_async_append_is_already_on_disk(tmp_path: Path) -> None:
+    directory = tmp_path / "journal"
+
+    async def main() -> None:
+        with opened(directory) as journal:
+            for i in range(5):
+                record = await journal.append({"n": i})
+                assert records(directory)[-1] == record
+
+    asyncio.run(main())
+
+
+def test_reopening_continues_the_chain(tmp_path: Path) -> None:
+    directory = tmp_path / "journal"
+    old = write(directory, [{"n": 1}, {"n": 2}])
+    new = write(directory, [{"n": 3}])
+    assert new[0]["prev_hash"] == old[-1]["hash"]
+    assert [r["n"] for r in records(directory)] == [1, 2, 3]
+    assert breaks(directory) == []
+
+
+def test_an_empty_newest_file_continues_from_the_older_one(tmp_path: Path) -> None:
+    directory = tmp_path / "journal"
+    old = write(directory, [{"n": 1}])
+    (directory / "journal-000002.jsonl").touch(mode=0o600)
+    new = write(directory, [{"n": 2}])
+    assert journal_files(directory)[-1].name == "journal-000002.jsonl"
+    assert new[0]["prev_hash"] == old[-1]["hash"]
+    assert breaks(directory) == []
+
+
+@pytest.mark.parametrize("torn", [b'{"n":3,"prev_ha', b"{", b"\x00\x00\x00"])
+def test_a_torn_final_line_is_moved_aside_and_the_chain_continues(
+        tmp_path: Path, torn: bytes) -> None:
+    directory = tmp_path / "journal"
+    old = write(directory, [{"n": 1}, {"n": 2}])
+    with open(directory / FIRST, "ab") as f:
+        f.write(torn)  # a crash in the middle of a write: no newline
+
+    new = write(directory, [{"n": 4}])
+
+    aside, = directory.glob(f"{FIRST}.torn-*")
+    assert aside.read_bytes() == torn
+    assert new[0]["prev_hash"] == old[-1]["hash"]
+    assert [r["n"] for r in records(directory)] == [1, 2, 4]
+    assert breaks(directory) == []
+
+
+def test_a_file_holding_only_a_torn_line_starts_from_genesis(tmp_path: Path) -> None:
+    directory = tmp_path / "journal"
+    directory.mkdir(mode=0o700)
+    (directory / FIRST).write_bytes(b'{"n":1,"ha')
+    new = write(directory, [{"n": 2}])
+    assert new[0]["prev_hash"] == GENESIS
+    assert breaks(directory) == []
+
+
+def test_the_torn_file_is_private(tmp_path: Path) -> None:
+    directory = tmp_path / "journal"
+    write(directory, [{"n": 1}])
+    with open(directory / FIRST, "ab") as f:
+        f.write(b'{"n":2')
+    write(directory, [{"n": 3}])
+    aside, = directory.glob(f"{FIRST}.torn-*")
+    assert mode(aside) == 0o600
+
+
+def test_a_second_journal_on_the_same_directory_is_refused(tmp_path: Path) -> None:
+    directory = tmp_path / "journal"
+    with opened(directory):
+        with pytest.raises(JournalError, match="is in use by another egressguard process") \
+                as info:
+            Journal(directory).open()
+        assert f"pid {os.getpid()}" in str(info.value)
+    with opened(directory) as journal:  # free again once the first is closed
+        journal.append_sync({"n": 1})
+
+
+@pytest.mark.parametrize("last", [b"not json\n", b'{"n":1}\n', b"[1]\n"])
+def test_an_unreadable_last_line_refuses_to_open(tmp_path: Path, last: bytes) -> None:
+    directory = tmp_path / "journal"
+    write(directory, [{"n": 1}])
+    with open(directory / FIRST, "ab") as f:
+        f.write(last)
+    journal = Journal(directory)
+    with pytest.raises(JournalError, match="is unreadable; run `egressguard audit verify"):
+        journal.open()
+
+
+def test_a_failed_open_releases_the_directory(tmp_path: Path) -> None:
+    directory = tmp_path / "journal"
+    write(directory, [{"n": 1}])
+    path = directory / FIRST
+    good = path.read_bytes()
+    path.write_bytes(good + b"damaged\n")
+    with pytest.raises(JournalError, match="unreadable"):
+        Journal(directory).open()
+    path.write_bytes(good)  # the operator moves the damage aside
+    write(directory, [{"n": 2}])
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_failed_write_raises_and_refuses_further_appends(tmp_path: Path) -> None:
+    directory = tmp_path / "journal"
+    with opened(directory) as journal:
+        journal.append_sync({"n": 1})
+        # the disk fills up under a running journal
+        os.close(journal._fd)
+        journal._fd = os.open("/dev/full", os.O_WRONLY)
+        with pytest.raises(JournalError, match="audit journal write failed"):
+            journal.append_sync({"n": 2})
+        with pytest.raises(JournalError, match="is not writable"):
+            journal.append_sync({"n": 3})
+
+        async def append() -> None:
+            await journal.append({"n": 4})
+
+        with pytest.raises(JournalError, match="is not writable"):
+            asyncio.run(append())
+
+
+def test_read_lines_numbers_lines_and_skips_blank_ones(tmp_path: Path) -> None:
+    path = tmp_path / "x.jsonl"
+    path.write_bytes(b'{"a":1}\n\n{"a":2}\n')
+    assert list(read_lines([path])) == [(str(path), 1, b'{"a":1}'), (str(path), 3, b'{"a":2}')]
+    assert orjson.loads(list(read_lines([path]))[1][2]) == {"a": 2}
