@@ -46,10 +46,12 @@ def verify(paths: list[Path]) -> int:
     for b in breaks:
         print(f"BROKEN {b}")
     if breaks:
-        print(f"{len(breaks)} break(s) in {state.records} records", file=sys.stderr)
+        print(f"{len(breaks)} break(s) in {state.records} records: the journal has been "
+              "altered or damaged at the lines above", file=sys.stderr)
         return 1
     if state.records == 0:
         print("egressguard: no records found", file=sys.stderr)
         return 1
-    print(f"OK {state.records} records, chain intact, last hash {state.prev_hash}")
+    noun = "record" if state.records == 1 else "records"
+    print(f"OK {state.records} {noun}, chain intact, last hash {state.prev_hash}")
     return 0

@@ -333,4 +333,4 @@ def test_every_request_has_exactly_one_record_and_the_chain_verifies(
         check=False,
     )
     assert verify.returncode == 0, verify.stdout + verify.stderr
-    assert verify.stdout.startswith(f"OK {len(all_ids)} records")
+    assert verify.stdout.startswith(f"OK {len(all_ids)} records, chain intact")
