@@ -28,11 +28,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	@touch $@
 
-# Debian packages used by tests and benchmarks (hey for bench/overhead).
+# Debian packages the tests (curl as an agent) and benchmarks (hey) use.
+SYSTEM_TOOLS := curl hey
 system-deps:
-	@command -v hey >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq hey; \
-	  else echo "install 'hey' (Debian package) for bench/overhead" >&2; fi; }
+	@missing=$$(for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || echo $$t; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && apt-get install -y -qq $$missing; \
+	  else echo "please install: $$missing (Debian/Ubuntu packages)" >&2; exit 1; fi; \
+	fi
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

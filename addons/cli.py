@@ -50,7 +50,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         from egressguard.tools.localvault import LocalVaultError
 
         try:
-            use_local_vault(args.state)
+            use_local_vault(args.state, args.local_vault_port)
         except LocalVaultError as exc:
             return fail(str(exc))
     return asyncio.run(serve(config))
@@ -191,6 +191,8 @@ def parser() -> argparse.ArgumentParser:
                    help="also trust this CA for upstream connections")
     r.add_argument("--local-vault", action="store_true",
                    help="start a local OpenBao under --state unless VAULT_ADDR is set")
+    r.add_argument("--local-vault-port", type=int, default=8200, metavar="PORT",
+                   help="loopback port of the local OpenBao (default 8200)")
     r.add_argument("--secret-ttl", type=float, default=60.0, metavar="SECONDS")
     r.add_argument("--vault-timeout", type=float, default=2.0, metavar="SECONDS")
     r.add_argument("--quiet", action="store_true", help="no start-up banner")

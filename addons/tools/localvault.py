@@ -27,6 +27,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -191,7 +192,8 @@ class LocalVault:
                 ) from None
 
     def credentials(self) -> LocalVaultCredentials:
-        """The saved credentials, without starting or contacting anything."""
+        """The saved credentials, without starting or contacting anything; the address
+        is the one the server was last configured with (whatever `port` says)."""
         init = self._load_init()
         proxy_token = (_read_private(self.proxy_token_path) or "").strip()
         if init is None or not proxy_token:
@@ -199,7 +201,16 @@ class LocalVault:
                 f"the local vault in {self.state_dir} is not initialised; "
                 "run `egressguard run --local-vault` once to set it up"
             )
-        return LocalVaultCredentials(self.addr, init["root_token"], proxy_token, MOUNT)
+        return LocalVaultCredentials(self._configured_addr(), init["root_token"], proxy_token,
+                                     MOUNT)
+
+    def _configured_addr(self) -> str:
+        try:
+            config = self.config_path.read_text()
+        except FileNotFoundError:
+            return self.addr
+        m = re.search(r'^\s*address\s*=\s*"([^"]+)"', config, re.MULTILINE)
+        return f"http://{m.group(1)}" if m else self.addr
 
     def is_running(self) -> bool:
         return self._live_pid() is not None
@@ -282,9 +293,9 @@ ui           = false
         if _port_in_use(self.port):
             raise LocalVaultError(
                 f"port {self.port} on 127.0.0.1 is already in use by another program, so "
-                f"the local vault cannot listen there; stop that program or choose another "
-                f"port for the local vault (LocalVault(port=...) / the CLI's local vault "
-                f"port option), or set VAULT_ADDR to use an existing Vault"
+                f"the local vault cannot listen there; stop that program, choose another "
+                f"port with `egressguard run --local-vault-port PORT`, or set VAULT_ADDR "
+                f"to use an existing Vault"
             )
         self.data_dir.mkdir(mode=0o700, exist_ok=True)
         _write_private(self.config_path, config)
@@ -352,7 +363,16 @@ ui           = false
             self._ensure_kv_mount(admin)
             admin.sys.create_or_update_policy(name=PROXY_POLICY, policy=PROXY_POLICY_HCL)
             proxy_token = self._ensure_proxy_token(admin)
-        return LocalVaultCredentials(self.addr, init["root_token"], proxy_token, MOUNT)
+        return LocalVaultCredentials(self._configured_addr(), init["root_token"], proxy_token,
+                                     MOUNT)
+
+    def _configured_addr(self) -> str:
+        try:
+            config = self.config_path.read_text()
+        except FileNotFoundError:
+            return self.addr
+        m = re.search(r'^\s*address\s*=\s*"([^"]+)"', config, re.MULTILINE)
+        return f"http://{m.group(1)}" if m else self.addr
 
     @contextlib.contextmanager
     def _client(

@@ -105,14 +105,14 @@ async def serve(config: ServeConfig) -> int:
     return int(getattr(master, "exit_code", 0) or 0)
 
 
-def use_local_vault(state: Path) -> None:
+def use_local_vault(state: Path, port: int = 8200) -> None:
     """Start (or reuse) the embedded OpenBao unless VAULT_ADDR points elsewhere."""
     if os.environ.get("VAULT_ADDR"):
         log.info("using Vault at %s", os.environ["VAULT_ADDR"])
         return
     from egressguard.tools.localvault import LocalVault
 
-    creds = LocalVault(state / "openbao").ensure_running()
+    creds = LocalVault(state / "openbao", port=port).ensure_running()
     os.environ["VAULT_ADDR"] = creds.addr
     os.environ["VAULT_TOKEN"] = creds.proxy_token
     print(f"egressguard: local OpenBao at {creds.addr} (state in {state / 'openbao'})",

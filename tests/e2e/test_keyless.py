@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import sys
 import time
 
 import anthropic
@@ -327,7 +328,7 @@ def test_every_request_has_exactly_one_record_and_the_chain_verifies(
     all_ids = [r["id"] for r in stack.records()]
     assert len(all_ids) == len(set(all_ids))
     verify = subprocess.run(
-        ["egressguard", "audit", "verify", str(stack.journal)],
+        [sys.executable, "-m", "egressguard.cli", "audit", "verify", str(stack.journal)],
         capture_output=True,
         text=True,
         check=False,
