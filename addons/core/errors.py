@@ -54,6 +54,13 @@ class SecretUnavailable(EgressError):
     kind = "api_error"
 
 
+class InternalFailure(EgressError):
+    """egressguard itself failed; the request was refused rather than passed on."""
+
+    status = 500
+    kind = "api_error"
+
+
 class BadRequest(EgressError):
     status = 400
     kind = "invalid_request_error"

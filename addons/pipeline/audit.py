@@ -102,15 +102,18 @@ class Audit:
             self.journal.close()
             self.journal = None
 
+    @flowstate.fail_closed
     async def http_connect(self, flow: http.HTTPFlow) -> None:
         dest = flow.metadata.get(flowstate.DESTINATION)
         if not flow.response and dest is not None and dest.passthrough:
             if not await self._write(flow):
                 flowstate.refuse(flow, _journal_down())
 
+    @flowstate.fail_closed
     async def http_connect_error(self, flow: http.HTTPFlow) -> None:
         await self._write(flow)
 
+    @flowstate.fail_closed
     async def response(self, flow: http.HTTPFlow) -> None:
         if await self._write(flow):
             return
@@ -120,6 +123,7 @@ class Audit:
         else:
             flowstate.refuse(flow, _journal_down())
 
+    @flowstate.fail_closed
     async def error(self, flow: http.HTTPFlow) -> None:
         await self._write(flow)
 

@@ -45,6 +45,7 @@ class Egress:
             weakref.WeakKeyDictionary())
         self.fronted: weakref.WeakSet[connection.Client] = weakref.WeakSet()
 
+    @flowstate.fail_closed
     def http_connect(self, flow: http.HTTPFlow) -> None:
         try:
             dest = decide(flow.request.host, flow.request.port,
@@ -70,6 +71,7 @@ class Egress:
         if dest.passthrough:
             data.ignore_connection = True
 
+    @flowstate.fail_closed
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         if not flowstate.is_live_request(flow):
             return

@@ -6,14 +6,22 @@ addon can be read, tested and replaced on its own.
 
 from __future__ import annotations
 
+import functools
+import inspect
+import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from mitmproxy import http
 
 from egressguard.core import records
-from egressguard.core.errors import EgressError, vendor_error_body
+from egressguard.core.errors import EgressError, InternalFailure, vendor_error_body
 from egressguard.core.vendors import Vendor
+
+log = logging.getLogger(__name__)
+Hook = TypeVar("Hook", bound=Callable[..., Any])
 
 REQUEST_ID = "egressguard.request_id"
 STARTED = "egressguard.started"  # (epoch seconds, perf_counter)
@@ -31,7 +39,12 @@ REQUEST_ID_HEADER = "x-egressguard-request-id"
 
 @dataclass(frozen=True, slots=True)
 class Destination:
-    """The egress decision taken when the tunnel was requested."""
+    """The egress decision taken when the tunnel was requested.
+
+    `host` is the name the agent asked for. Use it, not `flow.request.host`: once
+    the upstream map has rerouted a connection, mitmproxy reports the mapped address
+    as the host of later requests on it.
+    """
 
     host: str
     port: int
@@ -62,3 +75,41 @@ def refuse(flow: http.HTTPFlow, err: EgressError, vendor: Vendor | None = None) 
 def is_live_request(flow: http.HTTPFlow) -> bool:
     """The guard every request hook starts with: nothing decided yet."""
     return flow.live and not flow.response and not flow.error
+
+
+def fail_closed(hook: Hook) -> Hook:
+    """Turn an unexpected exception in a flow hook into a refusal.
+
+    mitmproxy logs a hook's exception and carries on, which for us would forward a
+    request without its key swap, identity check or audit record. Instead the flow
+    is answered with a 500 (or, once a streamed response has started, cut off).
+    """
+
+    def failed(flow: http.HTTPFlow) -> None:
+        rid = begin(flow)
+        log.exception("%s failed on request %s; refusing it", hook.__qualname__, rid)
+        if flow.response is not None and flow.response.stream:
+            flow.kill()
+            return
+        refuse(flow, InternalFailure(
+            f"egressguard could not process this request and did not forward it "
+            f"(request id {rid}); operators: see the proxy log", reason="internal_error"))
+
+    if inspect.iscoroutinefunction(hook):
+        @functools.wraps(hook)
+        async def guarded_async(self: object, flow: http.HTTPFlow) -> None:
+            try:
+                await hook(self, flow)
+            except Exception:  # noqa: BLE001 - every failure must refuse, see above
+                failed(flow)
+
+        return guarded_async  # type: ignore[return-value]
+
+    @functools.wraps(hook)
+    def guarded(self: object, flow: http.HTTPFlow) -> None:
+        try:
+            hook(self, flow)
+        except Exception:  # noqa: BLE001 - every failure must refuse, see above
+            failed(flow)
+
+    return guarded  # type: ignore[return-value]

@@ -62,6 +62,7 @@ class Identity:
         if self.authority is None:
             log.error("no token key: set egressguard_token_key to the key file")
 
+    @flowstate.fail_closed
     def http_connect(self, flow: http.HTTPFlow) -> None:
         if flow.response:
             return
@@ -80,6 +81,7 @@ class Identity:
             self.tunnels[flow.client_conn] = principal
             flow.metadata[flowstate.PRINCIPAL] = principal
 
+    @flowstate.fail_closed
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         if not flowstate.is_live_request(flow):
             return

@@ -36,11 +36,13 @@ class Inject:
                 raise exceptions.OptionsError(err.message) from None
             self.store = VaultStore(config, ttl=ctx.options.egressguard_secret_ttl)
 
+    @flowstate.fail_closed
     async def request(self, flow: http.HTTPFlow) -> None:
         if not flowstate.is_live_request(flow):
             return
         assert self.store is not None
-        vendor = flow.metadata[flowstate.DESTINATION].vendor
+        dest = flow.metadata[flowstate.DESTINATION]
+        vendor = dest.vendor
         where = flow.metadata[flowstate.POLICY].secrets.location_for(
             vendor.name, flow.metadata.get(flowstate.PRINCIPAL))
         try:
@@ -54,6 +56,6 @@ class Inject:
             request.query = credentials.strip_query(request.query.items(multi=True), vendor)
         headers = credentials.inject(
             credentials.strip(request.headers.items(multi=True), vendor),
-            vendor, secret, request.host)
+            vendor, secret, dest.host)  # not request.host: see Destination
         request.headers = http.Headers([(k.encode(), v.encode()) for k, v in headers])
         flow.metadata[flowstate.SECRET] = secret

@@ -38,9 +38,11 @@ class PolicyLoader:
         if self.policy is None:
             log.error("no policy: pass --policy FILE (or --set egressguard_policy=FILE)")
 
+    @flowstate.fail_closed
     def http_connect(self, flow: http.HTTPFlow) -> None:
         self._stamp(flow)
 
+    @flowstate.fail_closed
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         self._stamp(flow)
 

@@ -25,6 +25,7 @@ class StreamTap:
 
 
 class ResponseWatch:
+    @flowstate.fail_closed
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         assert flow.response is not None
         flow.response.headers[flowstate.REQUEST_ID_HEADER] = flowstate.begin(flow)
@@ -36,6 +37,7 @@ class ResponseWatch:
             # filled as events pass: complete even if the agent hangs up after the last one
             flow.metadata[flowstate.USAGE] = tap.sse.usage
 
+    @flowstate.fail_closed
     def response(self, flow: http.HTTPFlow) -> None:
         response = flow.response
         assert response is not None

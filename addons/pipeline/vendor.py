@@ -40,6 +40,7 @@ def describe(vendor: Vendor, path: str, content_type: str, body: bytes) -> Reque
 
 
 class VendorRequest:
+    @flowstate.fail_closed
     def request(self, flow: http.HTTPFlow) -> None:
         if not flowstate.is_live_request(flow):
             return

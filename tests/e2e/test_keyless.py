@@ -134,6 +134,22 @@ def test_openai_sdk_streams_without_buffering(
     assert record["stream"] is True and record["usage"]["output_tokens"] == 4
 
 
+def test_every_request_on_a_kept_alive_tunnel_gets_the_key(
+    stack: Stack, keys: dict, openai_client: OpenAIFactory
+) -> None:
+    # Once the upstream map has rerouted a tunnel, mitmproxy reports the mapped address
+    # as later requests' host: the key must stay bound to the name the agent asked for.
+    client = openai_client(api_key=stack.token("keepalive-agent"))
+    stack.reset_received()
+    for _ in range(3):
+        client.chat.completions.create(model="gpt-4o", messages=HELLO)
+    got = stack.received()
+    assert [[v for k, v in headers_of(r) if k == "authorization"] for r in got] == [
+        [f"Bearer {keys['openai']}"]
+    ] * 3
+    assert {r["host"] for r in stack.records()[-3:]} == {"api.openai.com"}
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_anthropic_sdk_gets_real_key_in_x_api_key(
     stack: Stack, keys: dict, stream: bool, anthropic_client: AnthropicFactory
