@@ -59,8 +59,17 @@ class RequestFacts:
     credential: dict[str, Any] | None = field(default=None)
 
 
+def text(value: str | None) -> str | None:
+    """`value` as valid UTF-8: bytes an agent sent that are not (kept by mitmproxy as
+    surrogate escapes) become `\\xNN`, so every request can be recorded."""
+    if value is None or value.isascii():
+        return value
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def build(facts: RequestFacts) -> dict[str, Any]:
-    """The record (without chain fields, which the journal adds)."""
+    """The record (without chain fields, which the journal adds). Free text that came
+    from the agent goes through `text`."""
     return {
         "schema": SCHEMA,
         "id": facts.id,
@@ -69,18 +78,18 @@ def build(facts: RequestFacts) -> dict[str, Any]:
         "agent": facts.agent,
         "team": facts.team,
         "token_id": facts.token_id,
-        "client": facts.client,
+        "client": text(facts.client),
         "vendor": facts.vendor,
-        "host": facts.host,
-        "method": facts.method,
-        "path": facts.path,
-        "model": facts.model,
+        "host": text(facts.host),
+        "method": text(facts.method),
+        "path": text(facts.path),
+        "model": text(facts.model),
         "stream": facts.stream,
         "decision": facts.decision,
         "reason": facts.reason,
-        "message": facts.message,
+        "message": text(facts.message),
         "status": facts.status,
-        "error": facts.error,
+        "error": text(facts.error),
         "latency_ms": facts.latency_ms,
         "upstream_ms": facts.upstream_ms,
         "bytes_in": facts.bytes_in,

@@ -1,7 +1,8 @@
 """One audit record per request, on disk before the agent sees the end of its response.
 
 Records are written at the flow's last hook: `response` (which mitmproxy runs before
-sending a buffered response, and before the final chunk of a streamed one),
+sending a buffered response, and before the end of a streamed one: its bytes flow as
+the vendor sends them, its end-of-message waits for the record),
 `error`, or `http_connect_error` for a tunnel refused at CONNECT. If the journal
 cannot write, the agent does not get the vendor's answer: a buffered response is
 replaced by a 503, a streamed one is cut off.
@@ -119,7 +120,7 @@ class Audit:
             return
         assert flow.response is not None
         if isinstance(flow.response.stream, StreamTap):
-            flow.kill()  # the end of the stream must not reach the agent unaudited
+            flow.kill()  # the stream must not complete unaudited
         else:
             flowstate.refuse(flow, _journal_down())
 

@@ -56,7 +56,11 @@ class Egress:
             flowstate.refuse(flow, err)
             return
         flow.metadata[flowstate.DESTINATION] = dest
-        self.tunnels[flow.client_conn] = dest
+
+    def http_connected(self, flow: http.HTTPFlow) -> None:
+        # Only now, when no addon refused the CONNECT, does the connection become
+        # a tunnel to `dest`.
+        self.tunnels[flow.client_conn] = flow.metadata[flowstate.DESTINATION]
 
     def tls_clienthello(self, data: tls.ClientHelloData) -> None:
         dest = self.tunnels.get(data.context.client)
@@ -76,18 +80,24 @@ class Egress:
         if not flowstate.is_live_request(flow):
             return
         dest = self.tunnels.get(flow.client_conn)
+        request = flow.request
+        if dest is None or not flow.client_conn.tls_established or request.scheme != "https" \
+                or request.port != dest.port:
+            # Not a request inside one of our TLS tunnels: an absolute-form proxy
+            # request, also when the agent speaks TLS to the proxy itself.
+            flow.metadata[flowstate.DESTINATION] = Destination(
+                normalize_host(request.pretty_host), request.port, None)
+            flowstate.refuse(flow, DestinationDenied(
+                "plain-HTTP proxy requests are not allowed; use https:// so the request "
+                "goes through a CONNECT tunnel", reason="plain_http_denied"))
+            return
+        flow.metadata[flowstate.DESTINATION] = dest  # also for a refusal's vendor shape
         try:
-            flow.metadata[flowstate.DESTINATION] = self._check(flow, dest)
+            self._check(flow, dest)
         except DestinationDenied as err:
             flowstate.refuse(flow, err)
 
-    def _check(self, flow: http.HTTPFlow, dest: Destination | None) -> Destination:
-        if dest is None or not flow.client_conn.tls_established:
-            host = normalize_host(flow.request.pretty_host)
-            flow.metadata[flowstate.DESTINATION] = Destination(host, flow.request.port, None)
-            raise DestinationDenied(
-                "plain-HTTP requests are not allowed; use https:// so the request goes "
-                "through a CONNECT tunnel", reason="plain_http_denied")
+    def _check(self, flow: http.HTTPFlow, dest: Destination) -> None:
         if flow.client_conn in self.fronted:
             raise DestinationDenied(
                 f"TLS server name does not match the CONNECT target {dest.host!r}",
@@ -97,7 +107,6 @@ class Egress:
             raise DestinationDenied(
                 f"Host {_host_only(host_header)!r} does not match the CONNECT target "
                 f"{dest.host!r}", reason="host_mismatch")
-        return dest
 
 
 def _host_only(authority: str) -> str:

@@ -39,7 +39,9 @@ NO_IDENTITY = (
 class Identity:
     def __init__(self) -> None:
         self.authority: TokenAuthority | None = None
-        self.tunnels: MutableMapping[connection.Client, Principal] = (
+        # The proxy-authenticated token of each tunnel (and who it named), verified
+        # again on every request so expiry and revocation end an open tunnel too.
+        self.tunnels: MutableMapping[connection.Client, tuple[str, Principal]] = (
             weakref.WeakKeyDictionary())
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
@@ -67,19 +69,19 @@ class Identity:
         if flow.response:
             return
         try:
-            principal = self._from_proxy_auth(flow)
+            authenticated = self._from_proxy_auth(flow)
         except IdentityRequired as err:
             flowstate.refuse(flow, ProxyIdentityRequired(err.message, reason=err.reason))
             return
         dest = flow.metadata[flowstate.DESTINATION]
-        if principal is None and dest.passthrough:
+        if authenticated is None and dest.passthrough:
             flowstate.refuse(flow, ProxyIdentityRequired(
                 f"{dest.host} is a pass-through host: the proxy URL must carry the agent "
                 "token (HTTPS_PROXY=http://AGENT:TOKEN@proxy:8080)", reason="identity_missing"))
             return
-        if principal is not None:
-            self.tunnels[flow.client_conn] = principal
-            flow.metadata[flowstate.PRINCIPAL] = principal
+        if authenticated is not None:
+            self.tunnels[flow.client_conn] = authenticated
+            flow.metadata[flowstate.PRINCIPAL] = authenticated[1]
 
     @flowstate.fail_closed
     def requestheaders(self, flow: http.HTTPFlow) -> None:
@@ -89,13 +91,14 @@ class Identity:
         try:
             flow.metadata[flowstate.PRINCIPAL] = self._identify(flow, vendor)
         except EgressError as err:
-            if principal := self.tunnels.get(flow.client_conn):
-                flow.metadata[flowstate.PRINCIPAL] = principal  # so the refusal names it
+            if tunnel := self.tunnels.get(flow.client_conn):
+                flow.metadata[flowstate.PRINCIPAL] = tunnel[1]  # so the refusal names it
             flowstate.refuse(flow, err)
 
     def _identify(self, flow: http.HTTPFlow, vendor: Vendor) -> Principal:
         assert self.authority is not None
-        principal = self.tunnels.get(flow.client_conn)
+        tunnel = self.tunnels.get(flow.client_conn)
+        principal = self.authority.verify(tunnel[0]) if tunnel else None
         sent = credentials.presented(flow.request.headers.items(multi=True),
                                      flow.request.query.items(multi=True), vendor)
         for value in sent:
@@ -116,7 +119,7 @@ class Identity:
             raise IdentityRequired(NO_IDENTITY, reason="identity_missing")
         return principal
 
-    def _from_proxy_auth(self, flow: http.HTTPFlow) -> Principal | None:
+    def _from_proxy_auth(self, flow: http.HTTPFlow) -> tuple[str, Principal] | None:
         assert self.authority is not None
         value = flow.request.headers.pop("proxy-authorization", None)
         if value is None:
@@ -135,4 +138,4 @@ class Identity:
             raise IdentityRequired(
                 f"proxy user {user!r} does not match the token's agent {principal.agent!r}",
                 reason="identity_conflict")
-        return principal
+        return token, principal

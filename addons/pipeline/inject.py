@@ -57,5 +57,9 @@ class Inject:
         headers = credentials.inject(
             credentials.strip(request.headers.items(multi=True), vendor),
             vendor, secret, dest.host)  # not request.host: see Destination
-        request.headers = http.Headers([(k.encode(), v.encode()) for k, v in headers])
+        # mitmproxy decodes header bytes with surrogateescape: encode them back the same
+        # way, so no byte sequence an agent sends can make the swap fail.
+        request.headers = http.Headers(
+            [(k.encode("utf-8", "surrogateescape"), v.encode("utf-8", "surrogateescape"))
+             for k, v in headers])
         flow.metadata[flowstate.SECRET] = secret

@@ -32,6 +32,7 @@ def describe(vendor: Vendor, path: str, content_type: str, body: bytes) -> Reque
     model = parsed.get("model") if isinstance(parsed, dict) else None
     stream = parsed.get("stream") if isinstance(parsed, dict) else None
     if vendor.model_in_path is not None:
+        path = path.split("?", 1)[0]  # the query may carry a credential
         if m := vendor.model_in_path.search(path):
             model = m.group("model")
         stream = stream or ":streamGenerateContent" in path

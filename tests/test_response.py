@@ -1,0 +1,146 @@
+"""ResponseWatch: SSE streamed through unbuffered, usage read, real-key echoes scrubbed."""
+
+from __future__ import annotations
+
+import gzip
+
+import orjson
+import pytest
+
+from egressguard.core.credentials import REDACTED
+from egressguard.pipeline import flowstate
+from egressguard.pipeline.response import StreamTap
+
+OPENAI, ANTHROPIC, GOOGLE = "api.openai.com", "api.anthropic.com", \
+    "generativelanguage.googleapis.com"
+PATHS = {OPENAI: "/v1/chat/completions", ANTHROPIC: "/v1/messages",
+         GOOGLE: "/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse"}
+UPSTREAM_HOOKS = ("requestheaders", "request", "responseheaders")
+
+STREAMS = [
+    # id, host, SSE chunks as the vendor sends them, usage the tap must report
+    ("openai-include-usage", OPENAI, (
+        b'data: {"choices":[{"delta":{"content":"Hi"}}],"usage":null}\n\n',
+        b'data: {"choices":[],"usage":{"prompt_tokens":11,"completion_tokens":7}}\n\n',
+        b"data: [DONE]\n\n"), {"input_tokens": 11, "output_tokens": 7}),
+    ("openai-event-split-across-chunks", OPENAI, (
+        b'data: {"choices":[],"usage":{"prompt_to',
+        b'kens":3,"completion_tokens":4}}\n\ndata: [DONE]\n\n'),
+     {"input_tokens": 3, "output_tokens": 4}),
+    ("openai-no-usage", OPENAI, (b'data: {"choices":[]}\n\n', b"data: [DONE]\n\n"), None),
+    ("anthropic", ANTHROPIC, (
+        b'event: message_start\ndata: {"type":"message_start","message":{"usage":'
+        b'{"input_tokens":25,"output_tokens":1}}}\n\n',
+        b'event: content_block_delta\ndata: {"type":"content_block_delta","delta":'
+        b'{"text":"Hello"}}\n\n',
+        b'event: message_delta\ndata: {"type":"message_delta","usage":{"output_tokens":15}}'
+        b"\n\n", b'event: message_stop\ndata: {"type":"message_stop"}\n\n'),
+     {"input_tokens": 25, "output_tokens": 15}),
+    ("gemini-crlf", GOOGLE, (
+        b'data: {"candidates":[{"content":{"parts":[{"text":"Hi"}]}}],"usageMetadata":'
+        b'{"promptTokenCount":4,"candidatesTokenCount":9}}\r\n\r\n',),
+     {"input_tokens": 4, "output_tokens": 9}),
+]
+
+
+def auth(pipeline, host):
+    token = pipeline.token()
+    return [("x-goog-api-key", token)] if host == GOOGLE else [("x-api-key", token)]
+
+
+@pytest.mark.parametrize(("host", "chunks", "usage"), [pytest.param(*s[1:], id=s[0])
+                                                       for s in STREAMS])
+def test_sse_is_tapped_and_passes_unchanged(pipeline, host, chunks, usage):
+    flow = pipeline.request(pipeline.tunnel(host), PATHS[host], headers=auth(pipeline, host))
+    pipeline.run(flow, UPSTREAM_HOOKS, upstream=pipeline.Upstream.sse(*chunks))
+    tap = flow.response.stream
+    assert isinstance(tap, StreamTap)
+    assert [tap(c) for c in chunks] == list(chunks)  # each event goes on as it arrives
+    assert tap(b"") == b""
+    pipeline.run(flow, ("response",))
+    assert flow.metadata[flowstate.USAGE].as_record() == usage
+    [record] = pipeline.records()
+    assert (record["usage"], record["bytes_out"]) == (usage, sum(map(len, chunks)))
+
+
+@pytest.mark.parametrize("content_type", ["text/event-stream",
+                                          "text/event-stream; charset=utf-8"])
+def test_whole_pipeline_delivers_the_stream(pipeline, content_type):
+    chunks = STREAMS[0][2]
+    upstream = pipeline.Upstream(headers={"content-type": content_type}, chunks=chunks)
+    flow = pipeline.request(pipeline.tunnel(OPENAI), headers=auth(pipeline, OPENAI))
+    assert pipeline.run(flow, upstream=upstream) == b"".join(chunks)
+    assert flow.response.status_code == 200
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "text/plain", "text/html"])
+def test_buffered_responses_are_not_tapped(pipeline, content_type):
+    upstream = pipeline.Upstream(headers={"content-type": content_type}, chunks=(b"{}",))
+    flow = pipeline.request(pipeline.tunnel(OPENAI), headers=auth(pipeline, OPENAI))
+    pipeline.run(flow, UPSTREAM_HOOKS, upstream=upstream)
+    assert not flow.response.stream
+
+
+ECHOES = [
+    # id, content type, content-encoding, body with "{key}" for the real key
+    ("json-error", "application/json", None,
+     '{"error": {"message": "Incorrect API key provided: {key}"}}'),
+    ("json-twice", "application/json", None, '{"a": "{key}", "b": "x{key}x"}'),
+    ("gzip-json", "application/json", "gzip", '{"echo": "{key}"}'),
+    ("text", "text/plain", None, "your key is {key}"),
+]
+
+
+@pytest.mark.parametrize(("content_type", "encoding", "template"),
+                         [pytest.param(*e[1:], id=e[0]) for e in ECHOES])
+def test_key_echo_in_buffered_response_is_replaced(pipeline, content_type, encoding,
+                                                   template):
+    key = pipeline.REAL_KEYS["openai"]
+    body = template.replace("{key}", key).encode()
+    headers = {"content-type": content_type}
+    if encoding:
+        headers["content-encoding"] = encoding
+    upstream = pipeline.Upstream(headers=headers,
+                                 chunks=(gzip.compress(body) if encoding else body,))
+    flow = pipeline.request(pipeline.tunnel(OPENAI), headers=auth(pipeline, OPENAI))
+    pipeline.run(flow, upstream=upstream)
+    assert flow.response.content == template.replace("{key}", REDACTED.decode()).encode()
+    assert key.encode() not in flow.response.content
+    assert key.encode() not in pipeline.journal_bytes()
+
+
+def test_response_without_echo_is_untouched(pipeline):
+    body = orjson.dumps({"id": "x", "choices": []})
+    flow = pipeline.request(pipeline.tunnel(OPENAI), headers=auth(pipeline, OPENAI))
+    pipeline.run(flow, upstream=pipeline.Upstream(chunks=(body,)))
+    assert flow.response.raw_content == body
+
+
+@pytest.mark.parametrize("cut", [1, 5, 20, -1])
+def test_key_echo_split_across_sse_chunks_is_replaced(pipeline, cut):
+    key = pipeline.REAL_KEYS["openai"].encode()
+    event = b'data: {"echo": "' + key + b'"}\n\n'
+    at = event.index(key) + (cut if cut > 0 else len(key) + cut)
+    chunks = (event[:at], event[at:], b"data: [DONE]\n\n")
+    flow = pipeline.request(pipeline.tunnel(OPENAI), headers=auth(pipeline, OPENAI))
+    sent = pipeline.run(flow, upstream=pipeline.Upstream.sse(*chunks))
+    assert sent == event.replace(key, REDACTED) + b"data: [DONE]\n\n"
+
+
+@pytest.mark.parametrize("upstream_status", [200, 404, 500])
+def test_request_id_header_is_set(pipeline, upstream_status):
+    flow = pipeline.request(pipeline.tunnel(OPENAI), headers=auth(pipeline, OPENAI))
+    pipeline.run(flow, upstream=pipeline.Upstream.json({}, status=upstream_status))
+    rid = flow.response.headers[flowstate.REQUEST_ID_HEADER]
+    assert rid == flow.metadata[flowstate.REQUEST_ID]
+    assert len(rid) == 32
+    assert pipeline.records()[0]["id"] == rid
+
+
+def test_refusals_are_not_tapped_or_rewritten(pipeline):
+    flow = pipeline.send(OPENAI, upstream=pipeline.Upstream.sse(b"data: x\n\n"))
+    assert flow.response.status_code == 401
+    assert not flow.response.stream
+    assert flow.response.headers[flowstate.REQUEST_ID_HEADER] == \
+        flow.metadata[flowstate.REQUEST_ID]
+    assert flowstate.USAGE not in flow.metadata
