@@ -24,11 +24,17 @@ def duration(text: str) -> int:
     return int(m.group(1)) * _UNITS[m.group(2)]
 
 
+def port_number(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1-65535)")
+    return int(text)
+
+
 def listen_address(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
-    if not host or not port.isdigit():
+    if not host:
         raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
-    return host.strip("[]"), int(port)
+    return host.strip("[]"), port_number(port)
 
 
 def fail(message: str, code: int = 2) -> int:
@@ -62,8 +68,9 @@ def cmd_ca_init(args: argparse.Namespace) -> int:
 
     existed = ca.CaFiles(args.certs).exists()
     files = ca.init(args.certs)
-    print(f"{'using existing' if existed else 'created'} CA {files.cert}", file=sys.stderr)
-    print(files.cert)
+    print(f"{'using existing' if existed else 'created'} CA {files.cert.resolve()}",
+          file=sys.stderr)
+    print(files.cert.resolve())
     return 0
 
 
@@ -96,8 +103,22 @@ def cmd_token_issue(args: argparse.Namespace) -> int:
 
 
 def cmd_token_revoke(args: argparse.Namespace) -> int:
-    tokens.RevocationList(args.state / "revoked-tokens").add(args.token_id, args.note or "")
-    print(f"revoked {args.token_id}; running proxies refuse it from the next request",
+    """Revoke by id, or by the token itself (its id is what gets stored)."""
+    token_id = args.token
+    if tokens.looks_like_token(token_id):
+        from egressguard.core.errors import IdentityRequired
+
+        try:
+            token_id = _authority(args.state).verify(token_id).token_id
+        except IdentityRequired as exc:
+            if exc.reason != "token_revoked":
+                return fail(f"cannot revoke: {exc.message}")
+            token_id = tokens.claims_id(args.token)
+    if not tokens.TOKEN_ID.fullmatch(token_id):
+        return fail(f"{token_id!r} is neither a token nor a token id (16 hex digits, "
+                    "as printed by `egressguard token issue`)")
+    tokens.RevocationList(args.state / "revoked-tokens").add(token_id, args.note or "")
+    print(f"revoked {token_id}; running proxies refuse it from the next request",
           file=sys.stderr)
     return 0
 
@@ -126,15 +147,34 @@ def cmd_secrets_put(args: argparse.Namespace) -> int:
         return fail("no key given on stdin")
     try:
         _admin_vault_env(args.state)
-        version = VaultStore(VaultConfig.from_env()).write(where, value)
+        store = VaultStore(VaultConfig.from_env())
     except SecretUnavailable as exc:
         return fail(exc.message)
+    try:
+        version = store.write(where, value)
     except Exception as exc:  # noqa: BLE001 - hvac/requests errors: say what, not the key
-        return fail(f"could not store the key at {where.mount}/{where.path}: "
-                    f"{type(exc).__name__}")
+        return fail(f"could not store the key at {where.mount}/{where.path} in Vault at "
+                    f"{store.config.addr}: {_vault_failure(exc)}")
+    finally:
+        store.close()
     print(f"stored {vendor.name} key at {where.mount}/{where.path} (version {version})",
           file=sys.stderr)
     return 0
+
+
+def _vault_failure(exc: Exception) -> str:
+    import hvac.exceptions
+    import requests
+
+    if isinstance(exc, requests.ConnectionError):
+        return "Vault did not answer (is it running, is VAULT_ADDR right?)"
+    if isinstance(exc, requests.Timeout):
+        return "Vault did not answer in time"
+    if isinstance(exc, hvac.exceptions.Forbidden):
+        return "permission denied (check VAULT_TOKEN and its policy)"
+    if isinstance(exc, hvac.exceptions.VaultDown):
+        return "Vault is sealed"
+    return type(exc).__name__
 
 
 def _admin_vault_env(state: Path) -> None:
@@ -191,7 +231,7 @@ def parser() -> argparse.ArgumentParser:
                    help="also trust this CA for upstream connections")
     r.add_argument("--local-vault", action="store_true",
                    help="start a local OpenBao under --state unless VAULT_ADDR is set")
-    r.add_argument("--local-vault-port", type=int, default=8200, metavar="PORT",
+    r.add_argument("--local-vault-port", type=port_number, default=8200, metavar="PORT",
                    help="loopback port of the local OpenBao (default 8200)")
     r.add_argument("--secret-ttl", type=float, default=60.0, metavar="SECONDS")
     r.add_argument("--vault-timeout", type=float, default=2.0, metavar="SECONDS")
@@ -212,8 +252,8 @@ def parser() -> argparse.ArgumentParser:
     ti.add_argument("--team")
     ti.add_argument("--ttl", type=duration, default=duration("30d"), metavar="DURATION")
     ti.set_defaults(func=cmd_token_issue)
-    tr = t.add_parser("revoke", parents=[state], help="revoke a token by id")
-    tr.add_argument("token_id")
+    tr = t.add_parser("revoke", parents=[state], help="revoke a token (by id or the token)")
+    tr.add_argument("token", metavar="TOKEN_OR_ID")
     tr.add_argument("--note")
     tr.set_defaults(func=cmd_token_revoke)
 

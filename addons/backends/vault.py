@@ -131,7 +131,6 @@ class VaultStore:
             path=where.path, secret={where.field: value}, mount_point=where.mount)
         return int(resp["data"]["version"])
 
-    @staticmethod
     def close(self) -> None:
         for client in self._clients:
             client.adapter.close()

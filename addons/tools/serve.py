@@ -58,8 +58,8 @@ Point an agent at it (copy these lines; AGENT is any name you choose):
   export REQUESTS_CA_BUNDLE=$SSL_CERT_FILE NODE_EXTRA_CA_CERTS={self.ca_files.cert.resolve()}
 
 Store a vendor key (read from stdin, never echoed):
-  {exe} secrets put openai --state {c.state.resolve()}
-Audit records: {c.journal.resolve()}   (egressguard audit tail --journal {c.journal})
+  {exe} secrets put openai --state {c.state.resolve()} --policy {c.policy.resolve()}
+Audit records: {exe} audit tail --journal {c.journal.resolve()}
 """, flush=True)
 
 

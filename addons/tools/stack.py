@@ -85,12 +85,10 @@ class Stack:
         self._proxy = spawn(args, log=self.proxy_log, cwd=self.workdir, env=env)
         proc = self._proxy
 
-        def up() -> bool:
-            if proc.poll() is not None:
-                raise RuntimeError(f"proxy exited with {proc.returncode}:\n{self.proxy_output()}")
-            return port_open(self.proxy_port)
-
-        wait_until(up, timeout=timeout, what="egressguard to listen")
+        wait_until(lambda: proc.poll() is not None or port_open(self.proxy_port),
+                   timeout=timeout, what="egressguard to listen")
+        if proc.poll() is not None:
+            raise RuntimeError(f"proxy exited with {proc.returncode}:\n{self.proxy_output()}")
 
     def stop_proxy(self) -> None:
         terminate(self._proxy)
