@@ -363,16 +363,7 @@ ui           = false
             self._ensure_kv_mount(admin)
             admin.sys.create_or_update_policy(name=PROXY_POLICY, policy=PROXY_POLICY_HCL)
             proxy_token = self._ensure_proxy_token(admin)
-        return LocalVaultCredentials(self._configured_addr(), init["root_token"], proxy_token,
-                                     MOUNT)
-
-    def _configured_addr(self) -> str:
-        try:
-            config = self.config_path.read_text()
-        except FileNotFoundError:
-            return self.addr
-        m = re.search(r'^\s*address\s*=\s*"([^"]+)"', config, re.MULTILINE)
-        return f"http://{m.group(1)}" if m else self.addr
+        return LocalVaultCredentials(self.addr, init["root_token"], proxy_token, MOUNT)
 
     @contextlib.contextmanager
     def _client(
