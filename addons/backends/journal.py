@@ -152,25 +152,29 @@ class Journal:
             except OSError as exc:
                 error = self._failure = exc
                 log.critical("audit journal write failed, refusing traffic: %s", exc)
-            for _, waiter in batch:
-                self._resolve(waiter, error)
+            self._resolve([waiter for _, waiter in batch], error)
 
     @staticmethod
-    def _resolve(waiter: Any, error: BaseException | None) -> None:
-        if isinstance(waiter, threading.Event):
-            waiter.set()
-            return
-        loop = waiter.get_loop()
-
-        def settle() -> None:
-            if waiter.done():
-                return
-            if error:
-                waiter.set_exception(JournalError(f"audit journal write failed: {error}"))
+    def _resolve(waiters: list[Any], error: BaseException | None) -> None:
+        """Wake everyone in a batch: one call into each event loop, not one per record."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+        for waiter in waiters:
+            if isinstance(waiter, threading.Event):
+                waiter.set()
             else:
-                waiter.set_result(None)
+                by_loop.setdefault(waiter.get_loop(), []).append(waiter)
 
-        loop.call_soon_threadsafe(settle)
+        def settle(futures: list[asyncio.Future[None]]) -> None:
+            for fut in futures:
+                if fut.done():
+                    continue
+                if error:
+                    fut.set_exception(JournalError(f"audit journal write failed: {error}"))
+                else:
+                    fut.set_result(None)
+
+        for loop, futures in by_loop.items():
+            loop.call_soon_threadsafe(settle, futures)
 
     # -- start-up -----------------------------------------------------------------
     def _lock(self) -> None:

@@ -73,11 +73,17 @@ def check_name(kind: str, name: str) -> str:
 class TokenAuthority:
     """Mints and verifies agent tokens with one HMAC key."""
 
+    _CACHE_SIZE = 4096
+
     def __init__(self, key: bytes, revoked: RevocationList | None = None) -> None:
         if len(key) < 32:
             raise ValueError("token signing key must be at least 32 bytes")
         self._key = key
         self._revoked = revoked
+        # Tokens whose signature checked out: agents send the same token on every
+        # request, so the HMAC and decoding run once per token, while expiry and
+        # revocation are still checked every time.
+        self._verified: dict[str, Principal] = {}
 
     def __repr__(self) -> str:
         return "TokenAuthority(<key redacted>)"
@@ -98,6 +104,18 @@ class TokenAuthority:
 
     def verify(self, token: str, now: float | None = None) -> Principal:
         """The principal a token names; IdentityRequired saying what to fix otherwise."""
+        principal = self._verified.get(token) or self._check_signature(token)
+        if (time.time() if now is None else now) >= principal.expires:
+            raise IdentityRequired(
+                f"agent token for {principal.agent!r} has expired; mint a new one with "
+                f"`egressguard token issue --agent {principal.agent}`", reason="token_expired")
+        if self._revoked is not None and self._revoked.contains(principal.token_id):
+            raise IdentityRequired(
+                f"agent token {principal.token_id} for {principal.agent!r} has been revoked",
+                reason="token_revoked")
+        return principal
+
+    def _check_signature(self, token: str) -> Principal:
         if not token.startswith(PREFIX) or len(token) > _MAX_TOKEN or token.count(".") != 2:
             raise IdentityRequired(
                 "not an egressguard agent token; mint one with "
@@ -114,14 +132,9 @@ class TokenAuthority:
                 "installation, or altered); mint a new one with `egressguard token issue`",
                 reason="token_invalid")
         principal = Principal(claims["sub"], claims.get("team"), claims["id"], claims["exp"])
-        if (time.time() if now is None else now) >= principal.expires:
-            raise IdentityRequired(
-                f"agent token for {principal.agent!r} has expired; mint a new one with "
-                f"`egressguard token issue --agent {principal.agent}`", reason="token_expired")
-        if self._revoked is not None and self._revoked.contains(principal.token_id):
-            raise IdentityRequired(
-                f"agent token {principal.token_id} for {principal.agent!r} has been revoked",
-                reason="token_revoked")
+        if len(self._verified) >= self._CACHE_SIZE:
+            del self._verified[next(iter(self._verified))]  # oldest first
+        self._verified[token] = principal
         return principal
 
     def _sign(self, body: str) -> bytes:

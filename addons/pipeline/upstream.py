@@ -3,19 +3,29 @@
 `--upstream-map api.openai.com=10.0.0.5:8443` keeps the name (TLS SNI, certificate
 check, Host header) and changes only the address connected to. HOST may be a
 `*.domain` pattern.
+
+The route is set per request (`request.data.host/port`, which mitmproxy uses to find
+or open the upstream connection), never by rewriting a connection's address:
+inside a CONNECT tunnel mitmproxy derives each request's host from the tunnel's
+server address and reuses connections by address, so rewriting it made every
+request open a new connection until the per-address limit stalled the sixth.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import weakref
+from collections.abc import MutableMapping, Sequence
 
-from mitmproxy import ctx, exceptions
+from mitmproxy import connection, ctx, exceptions, http
 from mitmproxy.proxy import server_hooks
 
 from egressguard.core.vendors import host_matches, normalize_host
+from egressguard.pipeline import flowstate
+
+Address = tuple[str, int]
 
 
-def parse_map(entries: Sequence[str]) -> dict[str, tuple[str, int]]:
+def parse_map(entries: Sequence[str]) -> dict[str, Address]:
     mapping = {}
     for entry in entries:
         host, sep, target = entry.partition("=")
@@ -29,7 +39,10 @@ def parse_map(entries: Sequence[str]) -> dict[str, tuple[str, int]]:
 
 class UpstreamMap:
     def __init__(self) -> None:
-        self.map: dict[str, tuple[str, int]] = {}
+        self.map: dict[str, Address] = {}
+        # per agent connection: which name each routed-to address stands for (its SNI)
+        self.names: MutableMapping[connection.Client, dict[Address, str]] = (
+            weakref.WeakKeyDictionary())
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
         loader.add_option("egressguard_upstream_map", Sequence[str], [],
@@ -39,12 +52,24 @@ class UpstreamMap:
         if "egressguard_upstream_map" in updated:
             self.map = parse_map(ctx.options.egressguard_upstream_map)
 
-    def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
-        if not self.map or data.server.address is None:
-            return
-        host = normalize_host(data.server.address[0])
-        target = self.map.get(host) or next(
+    def route(self, host: str) -> Address | None:
+        return self.map.get(host) or next(
             (t for pattern, t in self.map.items() if host_matches(pattern, host)), None)
-        if target:
-            data.server.sni = data.server.sni or host
-            data.server.address = target
+
+    @flowstate.fail_closed
+    def request(self, flow: http.HTTPFlow) -> None:
+        if not self.map or not flowstate.is_live_request(flow):
+            return
+        dest = flow.metadata.get(flowstate.DESTINATION)
+        # Without Egress (bench/bare_route.py loads this addon alone) the tunnel's
+        # host is still mitmproxy's request.host: routing never rewrites it.
+        host = dest.host if dest is not None else normalize_host(flow.request.host)
+        if target := self.route(host):
+            self.names.setdefault(flow.client_conn, {})[target] = host
+            # data.*: the public setters would also rewrite the Host header
+            flow.request.data.host, flow.request.data.port = target
+
+    def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
+        name = self.names.get(data.client, {}).get(data.server.address)  # type: ignore[arg-type]
+        if name is not None:
+            data.server.sni = name

@@ -62,6 +62,7 @@ def openai_client(stack: Stack) -> Iterator[OpenAIFactory]:
                 api_key=api_key,
                 base_url="https://api.openai.com/v1",
                 max_retries=0,
+                timeout=30,  # a hang fails the test instead of stalling the suite
                 http_client=openai.DefaultHttpxClient(
                     proxy=proxy or stack.proxy, verify=stack.agent_ssl_context()
                 ),
@@ -84,6 +85,7 @@ def anthropic_client(stack: Stack) -> Iterator[AnthropicFactory]:
                 api_key=api_key,
                 base_url="https://api.anthropic.com",
                 max_retries=0,
+                timeout=30,
                 http_client=anthropic.DefaultHttpxClient(
                     proxy=stack.proxy, verify=stack.agent_ssl_context()
                 ),
