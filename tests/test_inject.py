@@ -169,3 +169,20 @@ def test_non_utf8_header_value_does_not_break_the_swap(pipeline):
     pipeline.run(flow, swallow_errors=True)  # as mitmproxy runs hooks
     assert credentials_sent(flow) == [("authorization", "Bearer " + pipeline.REAL_KEYS["openai"])]
     assert (b"x-title", b"caf\xe9") in flow.request.headers.fields
+
+
+@pytest.mark.parametrize("option, value", [
+    ("save_stream_file", "/tmp/flows.mitm"),
+    ("flow_detail", 2),
+    ("flow_detail", 4),
+])
+def test_options_that_would_write_keys_out_are_refused(option: str, value: object) -> None:
+    from mitmproxy import exceptions
+    from mitmproxy.addons import dumper, save
+    from mitmproxy.test import taddons
+
+    from egressguard.pipeline.inject import Inject
+
+    with taddons.context(save.Save(), dumper.Dumper(), Inject()) as tctx:
+        with pytest.raises(exceptions.OptionsError, match=f"egressguard refuses {option}"):
+            tctx.options.update(**{option: value})

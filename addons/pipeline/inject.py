@@ -17,6 +17,13 @@ from egressguard.pipeline import flowstate
 
 log = logging.getLogger(__name__)
 
+# mitmproxy options that would write the real keys this addon injects somewhere else.
+_KEY_LEAKING_OPTIONS = (
+    ("save_stream_file", bool, "saved flows would contain the real vendor keys"),
+    ("flow_detail", lambda level: level >= 2,
+     "it prints request headers, which carry the real vendor keys (use 0 or 1)"),
+)
+
 
 class Inject:
     def __init__(self, store: SecretStore | None = None) -> None:
@@ -29,6 +36,10 @@ class Inject:
                           "Seconds to wait for Vault before answering 503.")
 
     def configure(self, updated: set[str]) -> None:
+        for option, unsafe, why in _KEY_LEAKING_OPTIONS:
+            if option in updated and option in ctx.options and unsafe(getattr(ctx.options, option)):
+                raise exceptions.OptionsError(
+                    f"egressguard refuses {option}={getattr(ctx.options, option)!r}: {why}")
         if {"egressguard_secret_ttl", "egressguard_vault_timeout"} & updated:
             try:
                 config = VaultConfig.from_env(ctx.options.egressguard_vault_timeout)

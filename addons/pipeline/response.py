@@ -48,8 +48,8 @@ class ResponseWatch:
         body = response.get_content(strict=False) or b""
         if "json" in response.headers.get("content-type", ""):
             flow.metadata[flowstate.USAGE] = usage.from_body(body)
-        scrubber = KeyScrubber(self._keys(flow))
-        if (clean := scrubber.scrub(body)) is not body and clean != body:
+        clean = KeyScrubber(self._keys(flow)).scrub(body)
+        if clean is not body:  # scrub returns its input untouched when nothing matched
             response.content = clean
 
     @staticmethod
