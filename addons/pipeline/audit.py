@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 def facts(flow: http.HTTPFlow) -> records.RequestFacts:
     """Everything the pipeline learned about `flow`, as plain data."""
     meta = flow.metadata
+    rid = flowstate.begin(flow)  # a flow that failed before any of our hooks ran too
     started, perf_start = meta[flowstate.STARTED]
     req, resp = flow.request, flow.response
     dest = meta.get(flowstate.DESTINATION)
@@ -37,7 +38,7 @@ def facts(flow: http.HTTPFlow) -> records.RequestFacts:
     secret = meta.get(flowstate.SECRET)
     usage = meta.get(flowstate.USAGE)
     f = records.RequestFacts(
-        id=flowstate.begin(flow), started=started,
+        id=rid, started=started,
         client="{}:{}".format(*flow.client_conn.peername[:2]),
         method=req.method, host=dest.host if dest else req.pretty_host,
         path=req.path.split("?", 1)[0] if req.method != "CONNECT" else "",

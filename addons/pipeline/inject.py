@@ -45,7 +45,12 @@ class Inject:
                 config = VaultConfig.from_env(ctx.options.egressguard_vault_timeout)
             except SecretUnavailable as err:
                 raise exceptions.OptionsError(err.message) from None
+            self.done()
             self.store = VaultStore(config, ttl=ctx.options.egressguard_secret_ttl)
+
+    def done(self) -> None:
+        if isinstance(self.store, VaultStore):
+            self.store.close()
 
     @flowstate.fail_closed
     async def request(self, flow: http.HTTPFlow) -> None:
