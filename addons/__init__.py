@@ -2,25 +2,34 @@
 
 `addons` is the pipeline: mitmproxy calls each hook on these in this order. Usable
 directly as `mitmdump -s addons/__init__.py`; `egressguard run` does the same with
-options set from its flags.
+options set from its flags. The list is built on first use: it imports mitmproxy
+(most of a second), which the command-line tools that never proxy do not need.
 """
 
-from egressguard.pipeline.audit import Audit
-from egressguard.pipeline.egress import Egress
-from egressguard.pipeline.identity import Identity
-from egressguard.pipeline.inject import Inject
-from egressguard.pipeline.policyload import PolicyLoader
-from egressguard.pipeline.response import ResponseWatch
-from egressguard.pipeline.upstream import UpstreamMap
-from egressguard.pipeline.vendor import VendorRequest
+from typing import Any
 
-addons = [
-    PolicyLoader(),  # stamps the policy in force on each flow
-    Egress(),  # CONNECT target, SNI and Host: intercept, pass through, or 403
-    Identity(),  # agent token -> Principal; real keys sent by agents refused
-    VendorRequest(),  # model and stream flag from the request
-    Inject(),  # strip agent credentials, add the real key from Vault
-    UpstreamMap(),  # air-gapped sites: where a vendor host is reached
-    ResponseWatch(),  # SSE streamed unbuffered; usage read; key echoes scrubbed
-    Audit(),  # one hash-chained record per request, durable before the answer
-]
+
+def __getattr__(name: str) -> Any:
+    if name != "addons":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from egressguard.pipeline.audit import Audit
+    from egressguard.pipeline.egress import Egress
+    from egressguard.pipeline.identity import Identity
+    from egressguard.pipeline.inject import Inject
+    from egressguard.pipeline.policyload import PolicyLoader
+    from egressguard.pipeline.response import ResponseWatch
+    from egressguard.pipeline.upstream import UpstreamMap
+    from egressguard.pipeline.vendor import VendorRequest
+
+    global addons
+    addons = [
+        PolicyLoader(),  # stamps the policy in force on each flow
+        Egress(),  # CONNECT target, SNI and Host: intercept, pass through, or 403
+        Identity(),  # agent token -> Principal; real keys sent by agents refused
+        VendorRequest(),  # model and stream flag from the request
+        Inject(),  # strip agent credentials, add the real key from Vault
+        UpstreamMap(),  # air-gapped sites: where a vendor host is reached
+        ResponseWatch(),  # SSE streamed unbuffered; usage read; key echoes scrubbed
+        Audit(),  # one hash-chained record per flow, durable before the answer
+    ]
+    return addons
