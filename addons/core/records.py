@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -56,7 +56,7 @@ class RequestFacts:
     bytes_in: int = 0
     bytes_out: int = 0
     usage: dict[str, int | None] | None = None
-    credential: dict[str, Any] | None = field(default=None)
+    credential: dict[str, Any] | None = None
 
 
 def text(value: str | None) -> str | None:

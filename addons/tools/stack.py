@@ -12,7 +12,6 @@ import select
 import ssl
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -171,6 +170,3 @@ class Stack:
         return wait_until(lambda: (r := self.records()) and len(r) >= count and r,
                           timeout=timeout, what=f"{count} audit records")
 
-
-def elapsed_ms(start: float) -> float:
-    return (time.perf_counter() - start) * 1000
