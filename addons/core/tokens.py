@@ -151,6 +151,7 @@ class RevocationList:
 
     def __init__(self, path: Path, recheck_seconds: float = 0.0) -> None:
         self.path = path
+        self._path = os.fspath(path)  # os.stat on a str: a third of Path.stat's cost
         self._recheck = recheck_seconds
         self._checked = float("-inf")
         self._seen: tuple[int, int, int] | None = None  # (mtime_ns, size, inode)
@@ -171,7 +172,7 @@ class RevocationList:
 
     def _reload(self) -> None:
         try:
-            st = self.path.stat()
+            st = os.stat(self._path)
         except FileNotFoundError:
             self._ids, self._seen = frozenset(), None
             return
