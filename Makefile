@@ -5,18 +5,18 @@ PY := $(VENV)/bin/python
 EG := $(VENV)/bin/egressguard
 STAMP := $(VENV)/.installed
 
-.PHONY: run test demo bench lint system-deps clean
+.PHONY: run test demo bench lint test-deps bench-deps debs clean
 
 run: $(STAMP)
 	$(EG) run --local-vault
 
-test: $(STAMP) system-deps
+test: $(STAMP) test-deps
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
 	$(EG) demo
 
-bench: $(STAMP) system-deps
+bench: $(STAMP) bench-deps
 	$(PY) bench/overhead.py
 
 lint: $(STAMP)
@@ -28,10 +28,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	@touch $@
 
-# Debian packages the tests (curl as an agent) and benchmarks (hey) use.
-SYSTEM_TOOLS := curl hey
-system-deps:
-	@missing=$$(for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || echo $$t; done); \
+# Debian packages: curl is an agent in the tests, hey drives the benchmark.
+test-deps: ; @$(MAKE) -s debs TOOLS="curl"
+bench-deps: ; @$(MAKE) -s debs TOOLS="curl hey"
+debs:
+	@missing=$$(for t in $(TOOLS); do command -v $$t >/dev/null || echo $$t; done); \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get update -qq && apt-get install -y -qq $$missing; \

@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", action="store_true", help="keep the work directory and logs")
     args = p.parse_args(argv)
     if shutil.which("hey") is None:
-        print("bench: `hey` is not installed (Debian package `hey`; `make system-deps`)",
+        print("bench: `hey` is not installed (Debian package `hey`; `make bench-deps`)",
               file=sys.stderr)
         return 2
     for var in PROXY_ENV:  # hey and our clients talk to the proxies named here only
