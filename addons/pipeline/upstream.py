@@ -2,13 +2,15 @@
 
 `--upstream-map api.openai.com=10.0.0.5:8443` keeps the name (TLS SNI, certificate
 check, Host header) and changes only the address connected to. HOST may be a
-`*.domain` pattern.
+`*.domain` pattern, and may be a pass-through host too.
 
 The route is set per request (`request.data.host/port`, which mitmproxy uses to find
 or open the upstream connection), never by rewriting a connection's address:
 inside a CONNECT tunnel mitmproxy derives each request's host from the tunnel's
 server address and reuses connections by address, so rewriting it made every
 request open a new connection until the per-address limit stalled the sixth.
+Pass-through tunnels carry no requests, so for them the connection's address is
+what is rewritten.
 """
 
 from __future__ import annotations
@@ -70,6 +72,11 @@ class UpstreamMap:
             flow.request.data.host, flow.request.data.port = target
 
     def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
-        name = self.names.get(data.client, {}).get(data.server.address)  # type: ignore[arg-type]
-        if name is not None:
+        if not self.map or data.server.address is None:
+            return
+        name = self.names.get(data.client, {}).get(data.server.address)
+        if name is not None:  # a request routed above: the vendor's name is its SNI
             data.server.sni = name
+        elif target := self.route(normalize_host(data.server.address[0])):
+            # A pass-through tunnel: raw TLS from the agent, no requests to route.
+            data.server.address = target
