@@ -327,7 +327,11 @@ ui           = false
             return None
         pid = int(text.strip())
         child = _CHILDREN.get(pid)
-        if child is not None and child.poll() is not None:
+        if child is not None:
+            # Our own child: poll() is the truth. Its /proc cmdline is not, yet: between
+            # fork and exec it still shows this process's command line.
+            if child.poll() is None:
+                return pid
             del _CHILDREN[pid]  # reaped
             return None
         if not _pid_alive(pid):
