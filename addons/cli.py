@@ -128,7 +128,6 @@ def cmd_secrets_put(args: argparse.Namespace) -> int:
     from egressguard.backends.vault import VaultConfig, VaultStore
     from egressguard.core import policy as policy_mod
     from egressguard.core.errors import SecretUnavailable
-    from egressguard.core.tokens import Principal
     from egressguard.core.vendors import catalogue
     from egressguard.core.yamlsource import ConfigError
 
@@ -139,8 +138,7 @@ def cmd_secrets_put(args: argparse.Namespace) -> int:
         pol = policy_mod.load(args.policy)
     except ConfigError as exc:
         return fail(f"invalid policy:\n{exc}")
-    who = Principal(args.agent, args.team, "", 0) if (args.agent or args.team) else None
-    where = pol.secrets.location_for(vendor.name, who)
+    where = pol.secrets.location_for(vendor.name, args.agent, args.team)
     value = (sys.stdin.readline() if not sys.stdin.isatty()
              else getpass.getpass(f"{vendor.name} API key (input hidden): ")).strip()
     if not value:

@@ -8,7 +8,6 @@ import pytest
 
 from egressguard.core import policy
 from egressguard.core.secret import SecretLocation
-from egressguard.core.tokens import Principal
 from egressguard.core.yamlsource import ConfigError
 
 DEFAULT = Path(__file__).resolve().parent.parent / "policies" / "default.yaml"
@@ -27,7 +26,7 @@ def test_the_default_policy_loads() -> None:
     assert loaded.source == str(DEFAULT)
     assert loaded.passthrough == ("pypi.org", "files.pythonhosted.org")
     assert loaded.secrets == policy.SecretPaths()
-    assert loaded.secrets.location_for("openai", None) == SecretLocation(
+    assert loaded.secrets.location_for("openai") == SecretLocation(
         "secret", "egressguard/vendors/openai", "api_key")
 
 
@@ -95,8 +94,7 @@ secrets:
 ])
 def test_location_for_precedence(vendor: str, agent: str | None, team: str | None,
                                  path: str) -> None:
-    principal = Principal(agent, team, "0" * 16, 0) if agent else None
-    location = policy.parse(LOCATIONS, SOURCE).secrets.location_for(vendor, principal)
+    location = policy.parse(LOCATIONS, SOURCE).secrets.location_for(vendor, agent, team)
     assert location == SecretLocation("kv", path, "key")
 
 
@@ -107,8 +105,7 @@ def test_location_for_precedence(vendor: str, agent: str | None, team: str | Non
 ])
 def test_location_templates(agent: str | None, team: str | None, path: str) -> None:
     loaded = policy.parse("version: 1\nsecrets:\n  path: p/{team}/{agent}/{vendor}\n", SOURCE)
-    principal = Principal(agent, team, "0" * 16, 0) if agent else None
-    assert loaded.secrets.location_for("openai", principal).path == path
+    assert loaded.secrets.location_for("openai", agent, team).path == path
 
 
 ALLOWED_TOP = "(allowed: version, passthrough, secrets)"

@@ -202,7 +202,7 @@ def test_token_characters_are_safe_in_a_proxy_url_userinfo() -> None:
 # -- revocation -----------------------------------------------------------------------
 
 def test_revoked_token_is_refused_and_others_still_pass(tmp_path: Path) -> None:
-    revoked = RevocationList(tmp_path / "state" / "revoked-tokens", recheck_seconds=0)
+    revoked = RevocationList(tmp_path / "state" / "revoked-tokens")
     authority = TokenAuthority(KEY, revoked)
     token, principal = issue(authority=authority)
     other, other_principal = issue(authority=authority)
@@ -220,14 +220,14 @@ def test_revoked_token_is_refused_and_others_still_pass(tmp_path: Path) -> None:
 def test_revocation_file_format(tmp_path: Path) -> None:
     path = tmp_path / "revoked"
     path.write_text("# revoked tokens\n\naaaa  # note with # inside\n  bbbb  \ncccc#x\n")
-    revoked = RevocationList(path, recheck_seconds=0)
+    revoked = RevocationList(path)
     assert [revoked.contains(i) for i in ("aaaa", "bbbb", "cccc", "dddd", "#")] == [
         True, True, True, False, False]
 
 
 def test_revocation_written_by_another_process_is_seen(tmp_path: Path) -> None:
     path = tmp_path / "revoked"
-    revoked = RevocationList(path, recheck_seconds=0)
+    revoked = RevocationList(path)
     assert not revoked.contains("aaaa")
     RevocationList(path).add("aaaa")  # e.g. `egressguard token revoke` from the CLI
     assert revoked.contains("aaaa")
@@ -238,7 +238,7 @@ def test_revocation_written_by_another_process_is_seen(tmp_path: Path) -> None:
 def test_revocation_is_seen_even_if_mtime_did_not_change(tmp_path: Path) -> None:
     path = tmp_path / "revoked"
     path.write_text("aaaa\n")
-    revoked = RevocationList(path, recheck_seconds=0)
+    revoked = RevocationList(path)
     assert revoked.contains("aaaa")
     before = path.stat()
     with open(path, "a") as f:

@@ -65,23 +65,15 @@ def no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="module")
 def bao() -> Iterator[OpenBaoDev]:
-    server = OpenBaoDev()
-    try:
-        server.start()
+    with OpenBaoDev() as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
 def own_bao() -> Iterator[OpenBaoDev]:
     """A server of the test's own, for tests that stop or restart it."""
-    server = OpenBaoDev()
-    try:
-        server.start()
+    with OpenBaoDev() as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

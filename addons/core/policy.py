@@ -16,7 +16,6 @@ from types import MappingProxyType
 from typing import Any
 
 from egressguard.core.secret import SecretLocation
-from egressguard.core.tokens import Principal
 from egressguard.core.vendors import Catalogue, catalogue, host_matches, normalize_host
 from egressguard.core.yamlsource import ConfigError, Document, Problem, unknown_key_message
 
@@ -43,9 +42,8 @@ class SecretPaths:
     teams: MappingProxyType[str, str] = _no_overrides()
     agents: MappingProxyType[str, str] = _no_overrides()
 
-    def location_for(self, vendor: str, principal: Principal | None) -> SecretLocation:
-        agent = principal.agent if principal else None
-        team = principal.team if principal else None
+    def location_for(self, vendor: str, agent: str | None = None,
+                     team: str | None = None) -> SecretLocation:
         template = (
             (agent is not None and self.agents.get(agent))
             or (team is not None and self.teams.get(team))

@@ -145,30 +145,23 @@ class RevocationList:
     """Revoked token ids, one per line in a file (`#` comments allowed).
 
     Re-read when the file changes. A revocation takes effect on the next request:
-    the check is one stat() (about a microsecond), which `recheck_seconds` can
-    throttle on systems where stat is slow (network file systems).
+    the check is one stat() (about a microsecond).
     """
 
-    def __init__(self, path: Path, recheck_seconds: float = 0.0) -> None:
+    def __init__(self, path: Path) -> None:
         self.path = path
         self._path = os.fspath(path)  # os.stat on a str: a third of Path.stat's cost
-        self._recheck = recheck_seconds
-        self._checked = float("-inf")
         self._seen: tuple[int, int, int] | None = None  # (mtime_ns, size, inode)
         self._ids: frozenset[str] = frozenset()
 
     def contains(self, token_id: str) -> bool:
-        now = time.monotonic()
-        if now - self._checked >= self._recheck:
-            self._checked = now
-            self._reload()
+        self._reload()
         return token_id in self._ids
 
     def add(self, token_id: str, note: str = "") -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as f:
             f.write(f"{token_id}{'  # ' + note if note else ''}\n")
-        self._checked = float("-inf")
 
     def _reload(self) -> None:
         try:

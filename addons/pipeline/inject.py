@@ -59,8 +59,9 @@ class Inject:
         assert self.store is not None
         dest = flow.metadata[flowstate.DESTINATION]
         vendor = dest.vendor
+        principal = flow.metadata[flowstate.PRINCIPAL]
         where = flow.metadata[flowstate.POLICY].secrets.location_for(
-            vendor.name, flow.metadata.get(flowstate.PRINCIPAL))
+            vendor.name, principal.agent, principal.team)
         try:
             secret = await self.store.get(vendor, where)
         except SecretUnavailable as err:

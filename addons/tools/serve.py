@@ -30,7 +30,6 @@ class ServeConfig:
     upstream_ca: Path | None = None
     secret_ttl: float = 60.0
     vault_timeout: float = 2.0
-    journal_fsync: bool = True
     banner: bool = True
 
 
@@ -72,7 +71,6 @@ def mitmproxy_options(config: ServeConfig, ca_files: ca.CaFiles) -> dict[str, ob
         "connection_strategy": "lazy",
         "egressguard_policy": str(config.policy),
         "egressguard_journal": str(config.journal),
-        "egressguard_journal_fsync": config.journal_fsync,
         "egressguard_token_key": str(config.state / "token.key"),
         "egressguard_revoked": str(config.state / "revoked-tokens"),
         "egressguard_upstream_map": config.upstream_map,

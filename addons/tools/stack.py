@@ -20,7 +20,6 @@ import httpx
 from egressguard.backends.journal import read_records
 from egressguard.core import tokens
 from egressguard.core.policy import load as load_policy
-from egressguard.core.tokens import Principal
 from egressguard.tools.devvault import OpenBaoDev
 from egressguard.tools.fakevendor import VENDOR_HOSTS
 from egressguard.tools.procs import free_port, port_open, spawn, terminate, wait_until
@@ -59,7 +58,7 @@ class Stack:
             self._start_vendor()
             self._authority = tokens.TokenAuthority(
                 tokens.load_or_create_key(self.state / "token.key"),
-                tokens.RevocationList(self.state / "revoked-tokens", recheck_seconds=0))
+                tokens.RevocationList(self.state / "revoked-tokens"))
             self.start_proxy()
         except BaseException:
             self.stop()
@@ -144,8 +143,7 @@ class Stack:
     def put_key(self, vendor: str, value: str, agent: str | None = None,
                 team: str | None = None) -> int:
         """Store a vendor key where the policy says this agent's key lives."""
-        who = Principal(agent, team, "", 0) if (agent or team) else None
-        where = load_policy(self.policy).secrets.location_for(vendor, who)
+        where = load_policy(self.policy).secrets.location_for(vendor, agent, team)
         return self.vault.put_secret(where.path, {where.field: value}, mount=where.mount)
 
     def received(self) -> list[dict[str, Any]]:
