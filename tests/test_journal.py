@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
+from egressguard.backends import journal as journal_module
 from egressguard.backends.journal import (
     Journal,
     JournalError,
@@ -85,6 +86,42 @@ def test_concurrent_async_appends_are_all_durable_chained_and_in_order(
     assert [r["n"] for r in returned] == list(range(200))
     on_disk = records(directory)
     assert on_disk == returned
+    assert breaks(directory) == []
+
+
+def test_appends_from_one_loop_iteration_share_one_flush(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    flushed: list[int] = []
+    real = journal_module._datasync
+
+    def counting(fd: int) -> None:
+        flushed.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(journal_module, "_datasync", counting)
+
+    async def main() -> None:
+        with opened(tmp_path / "journal") as journal:
+            await asyncio.gather(*(journal.append({"n": i}) for i in range(50)))
+            await journal.append({"n": 50})
+
+    asyncio.run(main())
+    assert len(flushed) == 2  # the 50 gathered records, then the last one
+    assert len(records(tmp_path / "journal")) == 51
+
+
+def test_a_sync_append_after_pending_async_ones_keeps_chain_order(tmp_path: Path) -> None:
+    directory = tmp_path / "journal"
+
+    async def main() -> None:
+        with opened(directory) as journal:
+            pending = asyncio.ensure_future(journal.append({"n": 1}))
+            await asyncio.sleep(0)  # chained and queued, not yet committed
+            journal.append_sync({"n": 2})
+            await pending
+
+    asyncio.run(main())
+    assert [r["n"] for r in records(directory)] == [1, 2]
     assert breaks(directory) == []
 
 

@@ -1,18 +1,20 @@
-"""The local audit journal: append-only JSONL files, hash-chained, fsync'd in groups.
+"""The local audit journal: append-only JSONL files, hash-chained, flushed in groups.
 
-`Journal.append` returns once the record is on disk. Appends from the event loop are
-handed to one writer thread that writes everything pending with one write() and one
-fsync() (group commit), so concurrent requests share the cost of a disk flush and the
-loop never blocks on I/O. A lock file keeps a second process out of the directory.
+`Journal.append` returns once the record is on disk. Records appended on the event
+loop are chained at once (so the chain follows the loop's order) and committed
+together at the end of the loop iteration with one write() and one fdatasync()
+(group commit): concurrent requests share a disk flush. The flush runs on the loop
+thread itself. That blocks the loop for one flush per batch (0.2-0.3 ms on the
+benchmark machine), which measured far cheaper than handing the batch to a writer
+thread and waking the loop again (about 0.85 ms per request at concurrency 1, and
+under load the writer waits for the GIL); see bench/RESULTS.md. A lock file keeps a
+second process out of the directory.
 """
-
-from __future__ import annotations
 
 import asyncio
 import fcntl
 import logging
 import os
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,6 +56,10 @@ def read_records(paths: list[Path]) -> Iterator[dict[str, Any]]:
         yield orjson.loads(raw)
 
 
+# fdatasync skips metadata an append does not need (mtime); macOS has only fsync.
+_datasync = getattr(os, "fdatasync", os.fsync)
+
+
 class Journal:
     def __init__(self, directory: Path, *, fsync: bool = True) -> None:
         self.directory = directory
@@ -61,11 +67,8 @@ class Journal:
         self._prev_hash = chain.GENESIS
         self._fd = -1
         self._lock_fd = -1
-        self._pending: list[tuple[bytes, asyncio.Future[None] | None]] = []
-        self._cond = threading.Condition()
-        self._thread: threading.Thread | None = None
-        self._closing = False
-        self._failure: BaseException | None = None
+        self._batch: list[tuple[bytes, asyncio.Future[None]]] = []
+        self._failure: OSError | None = None
         self.path: Path | None = None
 
     # -- life cycle -------------------------------------------------------------
@@ -81,16 +84,10 @@ class Journal:
             self._lock_fd = -1
             raise
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        self._thread = threading.Thread(target=self._writer, name="egressguard-journal",
-                                        daemon=True)
-        self._thread.start()
 
     def close(self) -> None:
-        with self._cond:
-            self._closing = True
-            self._cond.notify()
-        if self._thread:
-            self._thread.join()
+        if self._batch:
+            self._commit()
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -106,19 +103,21 @@ class Journal:
         to serve, not carry on unaudited.
         """
         line = self._chain(record)
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._enqueue(line, fut)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        self._batch.append((line, fut))
+        if len(self._batch) == 1:  # the first of this iteration schedules the commit
+            loop.call_soon(self._commit)
         await fut
         return record
 
     def append_sync(self, record: dict[str, Any]) -> dict[str, Any]:
         """Blocking append, for command-line tools (no event loop)."""
         line = self._chain(record)
-        done = threading.Event()
-        self._enqueue(line, None, done)
-        done.wait()
-        if self._failure:
-            raise JournalError(f"audit journal write failed: {self._failure}")
+        if self._batch:  # keep file order = chain order
+            self._commit()
+        if error := self._write(line):
+            raise JournalError(f"audit journal write failed: {error}")
         return record
 
     def _chain(self, record: dict[str, Any]) -> bytes:
@@ -128,53 +127,30 @@ class Journal:
         self._prev_hash = record["hash"]
         return orjson.dumps(record) + b"\n"
 
-    def _enqueue(self, line: bytes, fut: asyncio.Future[None] | None,
-                 done: threading.Event | None = None) -> None:
-        with self._cond:
-            self._pending.append((line, fut if fut is not None else done))  # type: ignore[arg-type]
-            self._cond.notify()
-
-    def _writer(self) -> None:
-        while True:
-            with self._cond:
-                while not self._pending and not self._closing:
-                    self._cond.wait()
-                if not self._pending and self._closing:
-                    return
-                batch, self._pending = self._pending, []
-            error: BaseException | None = None
-            try:
-                data = b"".join(line for line, _ in batch)
-                while data:
-                    data = data[os.write(self._fd, data):]
-                if self._fsync:
-                    os.fsync(self._fd)
-            except OSError as exc:
-                error = self._failure = exc
-                log.critical("audit journal write failed, refusing traffic: %s", exc)
-            self._resolve([waiter for _, waiter in batch], error)
-
-    @staticmethod
-    def _resolve(waiters: list[Any], error: BaseException | None) -> None:
-        """Wake everyone in a batch: one call into each event loop, not one per record."""
-        by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
-        for waiter in waiters:
-            if isinstance(waiter, threading.Event):
-                waiter.set()
+    def _commit(self) -> None:
+        batch, self._batch = self._batch, []
+        error = self._write(b"".join(line for line, _ in batch))
+        for _, fut in batch:
+            if fut.done():  # the request went away; its record is written all the same
+                continue
+            if error:
+                fut.set_exception(JournalError(f"audit journal write failed: {error}"))
             else:
-                by_loop.setdefault(waiter.get_loop(), []).append(waiter)
+                fut.set_result(None)
 
-        def settle(futures: list[asyncio.Future[None]]) -> None:
-            for fut in futures:
-                if fut.done():
-                    continue
-                if error:
-                    fut.set_exception(JournalError(f"audit journal write failed: {error}"))
-                else:
-                    fut.set_result(None)
-
-        for loop, futures in by_loop.items():
-            loop.call_soon_threadsafe(settle, futures)
+    def _write(self, data: bytes) -> OSError | None:
+        """Write and flush `data`; the error, if any. After one, the journal refuses
+        every further append: a torn line may sit at the end of the file."""
+        try:
+            while data:
+                data = data[os.write(self._fd, data):]
+            if self._fsync:
+                _datasync(self._fd)
+        except OSError as exc:
+            self._failure = exc
+            log.critical("audit journal write failed, refusing traffic: %s", exc)
+            return exc
+        return None
 
     # -- start-up -----------------------------------------------------------------
     def _lock(self) -> None:
