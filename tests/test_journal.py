@@ -53,6 +53,19 @@ def records(directory: Path) -> list[dict[str, Any]]:
     return list(read_records([directory]))
 
 
+def counted_flushes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The journal's disk flushes from now on, still really done: one fd each."""
+    flushed: list[int] = []
+    real = journal_module._datasync
+
+    def counting(fd: int) -> None:
+        flushed.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(journal_module, "_datasync", counting)
+    return flushed
+
+
 def test_append_sync_writes_chained_lines_that_verify(tmp_path: Path) -> None:
     directory = tmp_path / "journal"
     written = write(directory, [{"n": i} for i in range(3)])
@@ -91,14 +104,7 @@ def test_concurrent_async_appends_are_all_durable_chained_and_in_order(
 
 def test_appends_from_one_loop_iteration_share_one_flush(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    flushed: list[int] = []
-    real = journal_module._datasync
-
-    def counting(fd: int) -> None:
-        flushed.append(fd)
-        real(fd)
-
-    monkeypatch.setattr(journal_module, "_datasync", counting)
+    flushed = counted_flushes(monkeypatch)
 
     async def main() -> None:
         with opened(tmp_path / "journal") as journal:
@@ -123,6 +129,24 @@ def test_a_sync_append_after_pending_async_ones_keeps_chain_order(tmp_path: Path
     asyncio.run(main())
     assert [r["n"] for r in records(directory)] == [1, 2]
     assert breaks(directory) == []
+
+
+def test_a_batch_committed_early_is_not_flushed_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    flushed = counted_flushes(monkeypatch)
+
+    async def main() -> None:
+        with opened(tmp_path / "journal") as journal:
+            pending = asyncio.ensure_future(journal.append({"n": 1}))
+            await asyncio.sleep(0)  # queued, its commit scheduled
+            journal.append_sync({"n": 2})  # commits the batch first, then its own line
+            await pending
+            for _ in range(3):  # the scheduled commit runs, with nothing left to do
+                await asyncio.sleep(0)
+            assert len(flushed) == 2
+
+    asyncio.run(main())
+    assert [r["n"] for r in records(tmp_path / "journal")] == [1, 2]
 
 
 def test_an_acknowledged_async_append_is_already_on_disk(tmp_path: Path) -> None:

@@ -11,6 +11,8 @@ under load the writer waits for the GIL); see bench/RESULTS.md. A lock file keep
 second process out of the directory.
 """
 
+from __future__ import annotations
+
 import asyncio
 import fcntl
 import logging
@@ -86,8 +88,7 @@ class Journal:
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 
     def close(self) -> None:
-        if self._batch:
-            self._commit()
+        self._commit()
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -114,8 +115,7 @@ class Journal:
     def append_sync(self, record: dict[str, Any]) -> dict[str, Any]:
         """Blocking append, for command-line tools (no event loop)."""
         line = self._chain(record)
-        if self._batch:  # keep file order = chain order
-            self._commit()
+        self._commit()  # what is queued goes first: file order = chain order
         if error := self._write(line):
             raise JournalError(f"audit journal write failed: {error}")
         return record
@@ -128,6 +128,8 @@ class Journal:
         return orjson.dumps(record) + b"\n"
 
     def _commit(self) -> None:
+        if not self._batch:  # append_sync or close committed it first
+            return
         batch, self._batch = self._batch, []
         error = self._write(b"".join(line for line, _ in batch))
         for _, fut in batch:
