@@ -9,7 +9,15 @@ from __future__ import annotations
 import pytest
 
 from egressguard.core.tokens import TokenAuthority
-from egressguard.core.vendors import catalogue, host_matches, normalize_host
+from egressguard.core.vendors import (
+    APIS,
+    catalogue,
+    host_matches,
+    load_catalogue,
+    normalize_host,
+    parse_catalogue,
+)
+from egressguard.core.yamlsource import ConfigError
 
 ISSUE_VENDORS = ("openai", "anthropic", "google", "azure_openai", "mistral", "cohere",
                  "groq", "openrouter", "deepseek", "xai", "together", "fireworks")
@@ -195,3 +203,94 @@ def test_egressguard_tokens_are_not_taken_for_real_keys() -> None:
 ])
 def test_ordinary_strings_are_not_taken_for_real_keys(value: str) -> None:
     assert catalogue().looks_like_real_key(value) is None
+
+
+@pytest.mark.parametrize("name, api", [
+    ("openai", "openai"), ("anthropic", "anthropic"), ("google", "google"),
+    ("azure_openai", "azure_openai"), ("mistral", "openai"), ("cohere", "cohere"),
+    ("groq", "openai"), ("openrouter", "openai"), ("deepseek", "openai"), ("xai", "openai"),
+    ("together", "openai"), ("fireworks", "openai"),
+])
+def test_every_vendor_speaks_an_api(name: str, api: str) -> None:
+    vendor = catalogue().by_name(name)
+    assert vendor is not None and vendor.api == api
+    assert all(v.api in APIS for v in catalogue().vendors)
+
+
+@pytest.mark.parametrize("name, some", [
+    ("openai", {"gpt-4o", "gpt-4.1-nano", "o3", "o4-mini", "gpt-5", "text-embedding-3-small",
+                "gpt-image-1", "whisper-1", "gpt-realtime"}),
+    ("anthropic", {"claude-opus-4-1", "claude-sonnet-4-5-20250929", "claude-haiku-4-5",
+                   "claude-3-5-haiku-latest"}),
+    ("google", {"gemini-2.5-pro", "gemini-2.5-flash-lite", "text-embedding-004"}),
+    ("mistral", {"mistral-large-latest", "codestral-latest", "mistral-embed"}),
+    ("cohere", {"command-a-03-2025", "command-r-plus", "embed-v4.0"}),
+    ("groq", {"llama-3.3-70b-versatile", "llama-3.1-8b-instant"}),
+    ("openrouter", {"openai/gpt-4o", "anthropic/claude-sonnet-4.5"}),
+    ("deepseek", {"deepseek-chat", "deepseek-reasoner"}),
+    ("xai", {"grok-4", "grok-3-mini"}),
+    ("together", {"meta-llama/Llama-3.3-70B-Instruct-Turbo"}),
+    ("fireworks", {"accounts/fireworks/models/llama-v3p3-70b-instruct"}),
+])
+def test_vendors_list_the_models_they_serve(name: str, some: set[str]) -> None:
+    vendor = catalogue().by_name(name)
+    assert vendor is not None and vendor.models is not None
+    assert some <= set(vendor.models)
+    assert len(set(vendor.models)) == len(vendor.models)
+
+
+def test_azure_deployments_are_named_by_the_customer() -> None:
+    vendor = catalogue().by_name("azure_openai")
+    assert vendor is not None and vendor.models is None
+
+
+VENDOR = """\
+vendors:
+  acme:
+    hosts: [api.acme.test]
+    inject: {header: Authorization, prefix: "Bearer "}
+    error_shape: openai
+    api: openai
+    models: [acme-1, acme-2]
+"""
+
+
+def test_a_catalogue_from_text() -> None:
+    acme = load_catalogue(VENDOR, "v.yaml").by_name("acme")
+    assert acme is not None and (acme.api, acme.models) == ("openai", ("acme-1", "acme-2"))
+    assert load_catalogue(VENDOR.replace("[acme-1, acme-2]", "any"), "v.yaml").vendors[0] \
+        .models is None
+
+
+@pytest.mark.parametrize("old, new, where, message", [
+    ("api: openai", "api: opnai", "v.yaml:6:", "vendor 'acme': api 'opnai' is not one of "
+     "openai, azure_openai, anthropic, google, cohere; did you mean 'openai'?"),
+    ("api: openai", "api: [openai]", "v.yaml:6:", "vendor 'acme': api ['openai'] is not one"),
+    ("    api: openai\n", "", "v.yaml:2:3:", "vendor 'acme' has no `api`"),
+    ("    models: [acme-1, acme-2]\n", "", "v.yaml:2:3:", "vendor 'acme' has no `models`"),
+    ("error_shape: openai", "error_shape: xml", "v.yaml:5:", "error_shape 'xml' is not one of"),
+    ("models: [acme-1, acme-2]", "models: acme-1", "v.yaml:7:",
+     "vendor 'acme': models must be a list of model names, or `any`"),
+    ("models: [acme-1, acme-2]", "models: []", "v.yaml:7:", "models must be a list"),
+    ("models: [acme-1, acme-2]", "models: [acme-1, 2]", "v.yaml:7:", "models must be a list"),
+    ("models: [acme-1, acme-2]", "models: [acme-1, acme-1]", "v.yaml:7:",
+     "models lists 'acme-1' twice"),
+    ("api: openai", "api: openai\n    apis: openai", "v.yaml:7:",
+     "unknown key 'apis' in vendor 'acme'; did you mean 'api'?"),
+    ("api: openai", "api: openai\n    api: cohere", "v.yaml:7:", "duplicate key 'api'"),
+])
+def test_catalogue_problems_are_named_and_located(old: str, new: str, where: str,
+                                                  message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_catalogue(VENDOR.replace(old, new), "v.yaml")
+    assert where in str(info.value) and message in str(info.value)
+
+
+def test_a_parsed_catalogue_is_checked_too() -> None:
+    data = {"vendors": {"acme": {"hosts": ["a.test"], "inject": {"header": "x"},
+                                 "error_shape": "openai", "api": "antropic", "models": "any"}}}
+    with pytest.raises(ConfigError, match="api 'antropic' is not one of .* did you mean "
+                                          "'anthropic'"):
+        parse_catalogue(data)
+    with pytest.raises(ConfigError, match="needs a `vendors:` mapping"):
+        parse_catalogue({"vendors": []})
