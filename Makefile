@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 # Debian packages: curl is an agent in the tests, hey drives the benchmark.
-test-deps: ; @$(MAKE) -s debs TOOLS="curl"
+test-deps: ; @$(MAKE) -s debs TOOLS="curl redis-server"
 bench-deps: ; @$(MAKE) -s debs TOOLS="curl hey"
 debs:
 	@missing=$$(for t in $(TOOLS); do command -v $$t >/dev/null || echo $$t; done); \
