@@ -14,6 +14,7 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     from egressguard.pipeline.audit import Audit
     from egressguard.pipeline.egress import Egress
+    from egressguard.pipeline.enforce import Enforce
     from egressguard.pipeline.identity import Identity
     from egressguard.pipeline.inject import Inject
     from egressguard.pipeline.policyload import PolicyLoader
@@ -27,9 +28,11 @@ def __getattr__(name: str) -> Any:
         Egress(),  # CONNECT target, SNI and Host: intercept, pass through, or 403
         Identity(),  # agent token -> Principal; real keys sent by agents refused
         VendorRequest(),  # model and stream flag from the request
+        # before Enforce: its `response` reads the usage this one finds
+        ResponseWatch(),  # SSE streamed unbuffered; usage read; key echoes scrubbed
+        Enforce(),  # policy rules, clamps, limits reserved (and settled at the end)
         Inject(),  # strip agent credentials, add the real key from Vault
         UpstreamMap(),  # air-gapped sites: where a vendor host is reached
-        ResponseWatch(),  # SSE streamed unbuffered; usage read; key echoes scrubbed
         Audit(),  # one hash-chained record per flow, durable before the answer
     ]
     return addons

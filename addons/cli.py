@@ -51,7 +51,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         listen_host=host, listen_port=port, policy=args.policy, journal=args.journal,
         state=args.state, certs=args.certs, upstream_map=args.upstream_map or [],
         upstream_ca=args.upstream_ca, secret_ttl=args.secret_ttl,
-        vault_timeout=args.vault_timeout, banner=not args.quiet)
+        vault_timeout=args.vault_timeout, limits_store=args.limits_store,
+        banner=not args.quiet)
     if args.local_vault:
         from egressguard.tools.localvault import LocalVaultError
 
@@ -202,6 +203,38 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     return auditcli.verify(args.paths)
 
 
+# -- policy ----------------------------------------------------------------------------
+def cmd_policy_lint(args: argparse.Namespace) -> int:
+    from egressguard.tools import policycli
+
+    return policycli.lint(args.file, args.strict)
+
+
+def cmd_policy_test(args: argparse.Namespace) -> int:
+    from egressguard.tools import policycli
+
+    return policycli.test(args.target)
+
+
+def cmd_policy_explain(args: argparse.Namespace) -> int:
+    from egressguard.tools import policycli
+
+    request: dict[str, object] = {}
+    if args.request is not None:
+        text = sys.stdin.read() if str(args.request) == "-" else args.request.read_text()
+        try:
+            request = policycli.request_from_file(text)
+        except ValueError as exc:
+            return fail(str(exc))
+    flags = {"agent": args.agent, "team": args.team, "vendor": args.vendor,
+             "host": args.host, "method": args.method, "path": args.path,
+             "model": args.model, "max_tokens": args.max_tokens,
+             "body_bytes": args.body_bytes, "tools": args.tool or None,
+             "stream": True if args.stream else None}
+    request.update({k: v for k, v in flags.items() if v is not None})
+    return policycli.explain(args.policy, request)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from egressguard.tools import demo
 
@@ -233,6 +266,9 @@ def parser() -> argparse.ArgumentParser:
                    help="loopback port of the local OpenBao (default 8200)")
     r.add_argument("--secret-ttl", type=float, default=60.0, metavar="SECONDS")
     r.add_argument("--vault-timeout", type=float, default=2.0, metavar="SECONDS")
+    r.add_argument("--limits-store", default=os.environ.get("EGRESSGUARD_LIMITS_STORE", ""),
+                   metavar="URL", help="redis://HOST:PORT/DB to share rate limits and budgets "
+                   "between replicas (default: this process only; env EGRESSGUARD_LIMITS_STORE)")
     r.add_argument("--quiet", action="store_true", help="no start-up banner")
     r.set_defaults(func=cmd_run)
 
@@ -273,6 +309,32 @@ def parser() -> argparse.ArgumentParser:
     av = a.add_parser("verify", help="check the hash chain; non-zero exit on any break")
     av.add_argument("paths", type=Path, nargs="+", metavar="PATH")
     av.set_defaults(func=cmd_audit_verify)
+
+    pc = sub.add_parser("policy", help="lint, test and explain policies").add_subparsers(
+        dest="policy_command", required=True)
+    pl = pc.add_parser("lint", help="report every problem in a policy file")
+    pl.add_argument("file", type=Path, metavar="FILE")
+    pl.add_argument("--strict", action="store_true", help="warnings fail too")
+    pl.set_defaults(func=cmd_policy_lint)
+    pt = pc.add_parser("test", help="run policy test cases (*.test.yaml)")
+    pt.add_argument("target", type=Path, nargs="?", default=Path("policies"), metavar="DIR",
+                    help="a test file or a directory searched for *.test.yaml (policies)")
+    pt.set_defaults(func=cmd_policy_test)
+    pe = pc.add_parser("explain", parents=[pol], help="show how the policy decides a request")
+    pe.add_argument("--request", type=Path, metavar="FILE",
+                    help="request description in YAML (- for stdin); flags override it")
+    pe.add_argument("--agent")
+    pe.add_argument("--team")
+    pe.add_argument("--vendor")
+    pe.add_argument("--host")
+    pe.add_argument("--method")
+    pe.add_argument("--path")
+    pe.add_argument("--model")
+    pe.add_argument("--max-tokens", type=int)
+    pe.add_argument("--body-bytes", type=int)
+    pe.add_argument("--tool", action="append", help="a tool the request offers (repeatable)")
+    pe.add_argument("--stream", action="store_true")
+    pe.set_defaults(func=cmd_policy_explain)
 
     sub.add_parser("demo", help="the whole path on this machine, no vendor account "
                    "needed").set_defaults(func=cmd_demo)

@@ -50,6 +50,8 @@ passthrough:
 secrets:
   teams:
     red: egressguard/teams/{team}/{vendor}
+rules:
+  - name: everyone
 """
 
 # Stand-ins for the real keys the store hands out; tests assert they never leak.
@@ -254,7 +256,10 @@ class Pipeline:
                 flow.response, answered = _answer(upstream), True
             if name == "response" and answered:
                 if callable(flow.response.stream):
-                    streamed = [flow.response.stream(c) for c in (*upstream.chunks, b"")]
+                    streamed = []
+                    for chunk in (*upstream.chunks, b""):
+                        out = flow.response.stream(chunk)  # bytes, or a list of them
+                        streamed += [out] if isinstance(out, bytes) else out
                 else:
                     flow.response.data.content = b"".join(upstream.chunks)
                 flow.response.timestamp_end = time.time()

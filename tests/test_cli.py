@@ -282,6 +282,8 @@ version: 1
 secrets:
   teams:
     research: egressguard/teams/research/{vendor}
+rules:
+  - name: everyone
 """
 
 

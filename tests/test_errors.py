@@ -86,11 +86,11 @@ def test_google_shape(err: EgressError, code: int, status: str) -> None:
 
 
 def test_google_shape_of_an_unmapped_status() -> None:
-    class Limited(EgressError):
-        status = 429
+    class Conflict(EgressError):
+        status = 409
 
-    body = orjson.loads(vendor_error_body(Limited(MESSAGE, reason="rate"), "google"))
-    assert body == {"error": {"code": 429, "message": MESSAGE, "status": "FAILED_PRECONDITION"}}
+    body = orjson.loads(vendor_error_body(Conflict(MESSAGE, reason="conflict"), "google"))
+    assert body == {"error": {"code": 409, "message": MESSAGE, "status": "FAILED_PRECONDITION"}}
 
 
 @pytest.mark.parametrize("err", ERRORS, ids=IDS)

@@ -157,6 +157,57 @@ def test_openai_chat_stream_with_usage(vendor: Vendor) -> None:
     assert chunks[-1].usage.completion_tokens == 4
 
 
+def _raw_sse(vendor: Vendor, path: str, body: dict, **params: str) -> bytes:
+    with vendor.http() as client, client.stream(
+        "POST", path, json=body, params=params, headers={"Authorization": "Bearer k"}
+    ) as response:
+        assert response.headers["content-type"] == "text/event-stream"
+        return response.read()
+
+
+def _data(raw: bytes) -> list[bytes]:
+    return [line[6:] for line in raw.splitlines() if line.startswith(b"data: ")]
+
+
+@pytest.mark.parametrize("options", [None, {}, {"include_usage": False}])
+def test_openai_chat_stream_without_include_usage_has_no_usage(
+    vendor: Vendor, options: dict | None
+) -> None:
+    body = {"model": "m", "messages": [], "stream": True}
+    if options is not None:
+        body["stream_options"] = options
+    raw = _raw_sse(vendor, "/v1/chat/completions", body)
+    assert b"usage" not in raw
+    assert _data(raw)[-1] == b"[DONE]"
+
+
+def test_openai_chat_stream_with_include_usage_is_shaped_as_openai_sends_it(
+    vendor: Vendor,
+) -> None:
+    vendor.reset()
+    body = {"model": "m", "messages": [], "stream": True,
+            "stream_options": {"include_usage": True}}
+    events = _data(_raw_sse(vendor, "/v1/chat/completions", body))
+    *chunks, last, done = events
+    assert done == b"[DONE]"
+    assert all(c.endswith(b',"usage":null}') for c in chunks)  # compact, like OpenAI's
+    final = json.loads(last)
+    assert final["choices"] == [] and final["usage"]["completion_tokens"] == 4
+    [got] = vendor.received()  # what was asked is on record
+    assert json.loads(got["body"])["stream_options"] == {"include_usage": True}
+
+
+def test_anthropic_stream_reports_input_at_start_and_output_at_the_end(vendor: Vendor) -> None:
+    body = {"model": "claude-x", "max_tokens": 8, "stream": True,
+            "messages": [{"role": "user", "content": "hi"}]}
+    events = [json.loads(d) for d in _data(_raw_sse(vendor, "/v1/messages", body))]
+    start, delta = events[0], events[-2]
+    assert start["type"] == "message_start" and delta["type"] == "message_delta"
+    assert start["message"]["usage"]["input_tokens"] > 0
+    assert start["message"]["usage"]["cache_read_input_tokens"] == 0
+    assert delta["usage"] == {"output_tokens": 4}
+
+
 def test_openai_responses_embeddings_and_models(vendor: Vendor) -> None:
     with vendor.openai() as client:
         response = client.responses.create(model="gpt-4o-mini", input="hi")
@@ -291,8 +342,10 @@ def test_gemini_generate_and_stream(vendor: Vendor) -> None:
                       if line.startswith("data: ")]
     assert whole.json()["candidates"][0]["content"]["parts"][0]["text"] == "Hello from fake google"
     assert whole.json()["usageMetadata"]["candidatesTokenCount"] == 4
+    raw = _raw_sse(vendor, "/v1beta/models/gemini-x:streamGenerateContent", {}, alt="sse")
     text = "".join(e["candidates"][0]["content"]["parts"][0]["text"] for e in events)
     assert text == "Hello from fake google" and len(events) == 4
+    assert raw.count(b"\r\n\r\n") == 4  # alt=sse ends events with CRLF
     usage = events[-1]["usageMetadata"]
     assert usage["totalTokenCount"] == usage["promptTokenCount"] + usage["candidatesTokenCount"]
 

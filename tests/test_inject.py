@@ -23,6 +23,8 @@ secrets:
     red: egressguard/teams/{team}/{vendor}
   agents:
     special: egressguard/agents/{agent}/{vendor}
+rules:
+  - name: everyone
 """
 OVERRIDE_PATHS = ["egressguard/shared/mistral", "egressguard/teams/red/openai",
                   "egressguard/teams/red/anthropic", "egressguard/agents/special/openai"]

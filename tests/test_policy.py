@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
 
 from egressguard.core import policy
+from egressguard.core.rules import Ask
 from egressguard.core.secret import SecretLocation
 from egressguard.core.yamlsource import ConfigError
 
@@ -50,8 +52,12 @@ def test_wildcard_passthrough() -> None:
         True, False, True, False]
 
 
-def test_a_minimal_policy_has_defaults() -> None:
-    assert policy.parse("version: 1\n", SOURCE) == policy.Policy(SOURCE)
+def test_a_minimal_policy_has_defaults_and_denies_everything() -> None:
+    loaded = policy.parse("version: 1\n", SOURCE)
+    assert loaded == policy.Policy(SOURCE, digest=hashlib.sha256(b"version: 1\n").hexdigest())
+    assert loaded.rules == () and loaded.on_limits_unavailable == "deny"
+    assert loaded.decide(Ask("openai", "api.openai.com", "/v1/chat/completions")).reason == \
+        "no_rule_matched"
 
 
 def test_load_of_a_missing_file() -> None:
@@ -108,7 +114,8 @@ def test_location_templates(agent: str | None, team: str | None, path: str) -> N
     assert loaded.secrets.location_for("openai", agent, team).path == path
 
 
-ALLOWED_TOP = "(allowed: version, passthrough, secrets)"
+ALLOWED_TOP = ("(allowed: version, agents, teams, rules, passthrough, secrets, prices, "
+               "on_limits_unavailable)")
 ALLOWED_SECRETS = "(allowed: mount, field, path, vendors, teams, agents)"
 NOT_A_HOST = "is not a host name or `*.domain` pattern (no schemes, ports or paths)"
 
@@ -120,7 +127,8 @@ NOT_A_HOST = "is not a host name or `*.domain` pattern (no schemes, ports or pat
      4, 3, "duplicate key 'mount' (first defined on line 3)"),
     ("version: 1\npassthru: [pypi.org]\n",
      2, 1, f"unknown key 'passthru' in the policy; did you mean 'passthrough'? {ALLOWED_TOP}"),
-    ("version: 1\nrules: []\n", 2, 1, f"unknown key 'rules' in the policy {ALLOWED_TOP}"),
+    ("version: 1\nrulez: []\n", 2, 1,
+     f"unknown key 'rulez' in the policy; did you mean 'rules'? {ALLOWED_TOP}"),
     ("version: 1\nsecrets:\n  mount: secret\n  feild: api_key\n",
      4, 3, f"unknown key 'feild' in secrets; did you mean 'field'? {ALLOWED_SECRETS}"),
     ("version: 2\n", 1, 1, "`version: 1` is required (found 2)"),

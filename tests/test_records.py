@@ -36,8 +36,12 @@ def full_facts() -> RequestFacts:
         id=new_id(STARTED), started=STARTED, client="10.0.0.7:51234", method="POST",
         host="api.openai.com", path="/v1/chat/completions", kind="request",
         agent="billing-bot", team="finance", token_id="0123456789abcdef", vendor="openai",
-        model="gpt-4o-mini", stream=True, decision="allow", reason="allowed", message=None,
-        status=200, error=None, latency_ms=812.5, upstream_ms=640.25, bytes_in=1234,
+        model="gpt-4o-mini", stream=True, decision="allow", reason="allowed",
+        policy="ab" * 32, rule="finance-openai",
+        clamps={"max_tokens": {"from": None, "to": 1024}},
+        limits={"state": "reserved", "scopes": ["team:finance"],
+                "estimate": {"requests": 1, "tokens": 1040, "spend_usd": 0.0007}},
+        message=None, status=200, error=None, latency_ms=812.5, upstream_ms=640.25, bytes_in=1234,
         bytes_out=5678, usage={"input_tokens": 12, "output_tokens": 34},
         credential={"path": "egressguard/vendors/openai", "version": 3},
     )
@@ -108,6 +112,10 @@ def test_a_full_record() -> None:
         "token_id": "0123456789abcdef", "client": "10.0.0.7:51234", "vendor": "openai",
         "host": "api.openai.com", "method": "POST", "path": "/v1/chat/completions",
         "model": "gpt-4o-mini", "stream": True, "decision": "allow", "reason": "allowed",
+        "policy": "ab" * 32, "rule": "finance-openai",
+        "clamps": {"max_tokens": {"from": None, "to": 1024}},
+        "limits": {"state": "reserved", "scopes": ["team:finance"],
+                   "estimate": {"requests": 1, "tokens": 1040, "spend_usd": 0.0007}},
         "message": None, "status": 200, "error": None, "latency_ms": 812.5,
         "upstream_ms": 640.25, "bytes_in": 1234, "bytes_out": 5678,
         "usage": {"input_tokens": 12, "output_tokens": 34},
@@ -118,8 +126,9 @@ def test_a_full_record() -> None:
 def test_a_minimal_record_defaults_to_nulls() -> None:
     record = build(minimal_facts())
     nulls = [k for k, v in record.items() if v is None]
-    assert nulls == ["agent", "team", "token_id", "vendor", "model", "stream", "error",
-                     "latency_ms", "upstream_ms", "usage", "credential"]
+    assert nulls == ["agent", "team", "token_id", "vendor", "model", "stream", "policy",
+                     "rule", "clamps", "limits", "error", "latency_ms", "upstream_ms",
+                     "usage", "credential"]
     assert (record["kind"], record["decision"], record["bytes_in"], record["bytes_out"]) == (
         "connect", "deny", 0, 0)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import random
 
 import orjson
 import pytest
@@ -144,3 +145,79 @@ def test_refusals_are_not_tapped_or_rewritten(pipeline):
     assert flow.response.headers[flowstate.REQUEST_ID_HEADER] == \
         flow.metadata[flowstate.REQUEST_ID]
     assert flowstate.USAGE not in flow.metadata
+
+
+# --- usage egressguard asked for, hidden from the agent ------------------------------------
+
+CHAT = {"model": "gpt-4o", "messages": [], "stream": True}
+
+
+def openai_stream(include_usage: bool, echo: bytes = b"") -> bytes:
+    """An OpenAI chat stream as the vendor writes it, with or without include_usage."""
+    null = ',"usage":null' if include_usage else ""
+    events = [b'data: {"id":"c1","choices":[{"index":0,"delta":{"content":"%s"}}]%s}\n\n'
+              % (word, null.encode()) for word in (b"Hi", echo, b" there")]
+    if include_usage:
+        events.append(b'data: {"id":"c1","choices":[],"usage":{"prompt_tokens":11,'
+                      b'"completion_tokens":7,"total_tokens":18}}\n\n')
+    return b"".join([*events, b"data: [DONE]\n\n"])
+
+
+def sent_to_agent(tap: StreamTap, chunks: list[bytes]) -> list[bytes]:
+    """What mitmproxy sends on, chunk by chunk (a list return is several chunks)."""
+    out: list[bytes] = []
+    for chunk in (*chunks, b""):
+        got = tap(chunk)
+        out += [got] if isinstance(got, bytes) else got
+    return out
+
+
+def streamed_chat(pipeline, body, vendor_stream, seed):
+    flow = pipeline.request(pipeline.tunnel(OPENAI), body=body,
+                            headers=auth(pipeline, OPENAI))
+    pipeline.run(flow, UPSTREAM_HOOKS, upstream=pipeline.Upstream.sse(vendor_stream))
+    rng = random.Random(seed)
+    cuts = sorted(rng.sample(range(1, len(vendor_stream)), 12))
+    chunks = [vendor_stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(vendor_stream)],
+                                                 strict=True)]
+    sent = sent_to_agent(flow.response.stream, chunks)
+    pipeline.run(flow, ("response",))
+    return flow, sent
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_usage_asked_by_egressguard_is_read_then_hidden(pipeline, seed):
+    vendor_stream = openai_stream(include_usage=True)
+    flow, sent = streamed_chat(pipeline, CHAT, vendor_stream, seed)
+    assert b"".join(sent) == openai_stream(include_usage=False)
+    assert b"" not in sent[:-1]  # an empty chunk would end a chunked HTTP/1 response
+    [record] = pipeline.records()
+    assert record["usage"] == {"input_tokens": 11, "output_tokens": 7}
+    assert record["bytes_out"] == len(vendor_stream)
+
+
+def test_usage_the_agent_asked_for_passes_untouched(pipeline):
+    body = {**CHAT, "stream_options": {"include_usage": True}}
+    vendor_stream = openai_stream(include_usage=True)
+    flow, sent = streamed_chat(pipeline, body, vendor_stream, seed=0)
+    assert flow.response.stream.hide is None
+    assert b"".join(sent) == vendor_stream
+    assert pipeline.records()[0]["usage"] == {"input_tokens": 11, "output_tokens": 7}
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_hidden_usage_and_key_scrubbing_together(pipeline, seed):
+    key = pipeline.REAL_KEYS["openai"].encode()
+    flow, sent = streamed_chat(pipeline, CHAT, openai_stream(True, echo=key), seed)
+    assert b"".join(sent) == openai_stream(False, echo=REDACTED)
+    assert b"" not in sent[:-1]
+
+
+def test_a_chunk_that_is_all_held_back_sends_nothing(pipeline):
+    key = pipeline.REAL_KEYS["openai"].encode()
+    flow = pipeline.request(pipeline.tunnel(OPENAI), headers=auth(pipeline, OPENAI))
+    pipeline.run(flow, UPSTREAM_HOOKS, upstream=pipeline.Upstream.sse(b""))
+    tap = flow.response.stream
+    assert tap(b'data: "') == b'data: "'
+    assert tap(key[:5]) == []  # could be the start of the key: held, and b"" is not sent
+    assert tap(b'"\n\n') == key[:5] + b'"\n\n'

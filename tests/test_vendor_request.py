@@ -134,3 +134,46 @@ def test_non_json_content_type_passes_without_model(pipeline):
                                   ("Authorization", "Bearer " + pipeline.token())])
     assert flow.response.status_code == 200
     assert flow.metadata[flowstate.REQUEST].model is None
+
+
+CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+WITH_USAGE = {**CHAT, "stream_options": {"include_usage": True}}
+
+STREAM_USAGE = [
+    # id, host, path, body sent, body the vendor gets (None: the bytes sent), stream filtered
+    ("openai", "api.openai.com", "/v1/chat/completions", CHAT, WITH_USAGE, True),
+    ("agent-said-no", "api.openai.com", "/v1/chat/completions",
+     {**CHAT, "stream_options": {"include_usage": False}}, WITH_USAGE, True),
+    ("query-ignored", "api.openai.com", "/v1/chat/completions?trace=1", CHAT, WITH_USAGE,
+     True),
+    ("agent-asked", "api.openai.com", "/v1/chat/completions", WITH_USAGE, None, False),
+    ("not-streamed", "api.openai.com", "/v1/chat/completions", {**CHAT, "stream": False},
+     None, False),
+    ("responses-api", "api.openai.com", "/v1/responses", {**CHAT, "input": "hi"}, None, False),
+    ("mistral-would-reject-it", "api.mistral.ai", "/v1/chat/completions", CHAT, None, False),
+]
+
+
+@pytest.mark.parametrize(("host", "path", "body", "upstream", "hidden"),
+                         [pytest.param(*c[1:], id=c[0]) for c in STREAM_USAGE])
+def test_streamed_chat_is_made_to_report_usage(pipeline, host, path, body, upstream, hidden):
+    sent = orjson.dumps(body, option=orjson.OPT_INDENT_2)  # not how orjson re-serialises
+    flow = pipeline.send(host, path, body=sent,
+                         headers=[("content-type", JSON),
+                                  ("Authorization", "Bearer " + pipeline.token())])
+    assert flow.response.status_code == 200
+    if upstream is None:
+        assert flow.request.raw_content == sent  # byte for byte
+    else:
+        assert orjson.loads(flow.request.content) == upstream
+        assert flow.request.headers["content-length"] == str(len(flow.request.raw_content))
+    assert flow.metadata.get(flowstate.HIDE_STREAM_USAGE, False) is hidden
+    assert flow.metadata[flowstate.REQUEST].body == (upstream or body)
+
+
+def test_gzip_body_is_asked_for_usage_and_stays_gzip(pipeline):
+    flow = pipeline.send("api.openai.com", body=gzip.compress(orjson.dumps(CHAT)),
+                         headers=[("content-type", JSON), ("content-encoding", "gzip"),
+                                  ("Authorization", "Bearer " + pipeline.token())])
+    assert flow.request.headers["content-encoding"] == "gzip"
+    assert orjson.loads(gzip.decompress(flow.request.raw_content)) == WITH_USAGE

@@ -66,6 +66,26 @@ class BadRequest(EgressError):
     kind = "invalid_request_error"
 
 
+class PolicyDenied(EgressError):
+    """A policy rule (or the default deny) refused the request."""
+
+
+class RequestTooLarge(EgressError):
+    status = 413
+    kind = "request_too_large"
+
+
+class LimitExceeded(EgressError):
+    """A rate limit or budget is used up; `retry_after` seconds until it frees up."""
+
+    status = 429
+    kind = "rate_limit_error"
+
+    def __init__(self, message: str, *, reason: str, retry_after: int) -> None:
+        super().__init__(message, reason=reason)
+        self.retry_after = retry_after
+
+
 def _openai(err: EgressError) -> dict[str, object]:
     return {"error": {"message": err.message, "type": _openai_type(err), "param": None,
                       "code": err.reason}}
@@ -76,6 +96,8 @@ def _openai_type(err: EgressError) -> str:
         "authentication_error": "invalid_request_error",
         "permission_error": "invalid_request_error",
         "api_error": "server_error",
+        "request_too_large": "invalid_request_error",
+        "rate_limit_error": "requests",
     }.get(err.kind, err.kind)
 
 
@@ -86,7 +108,8 @@ def _anthropic(err: EgressError) -> dict[str, object]:
 
 _GOOGLE_STATUS = {
     400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
-    407: "UNAUTHENTICATED", 503: "UNAVAILABLE",
+    407: "UNAUTHENTICATED", 413: "INVALID_ARGUMENT", 429: "RESOURCE_EXHAUSTED",
+    503: "UNAVAILABLE",
 }
 
 

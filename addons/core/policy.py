@@ -1,29 +1,58 @@
-"""The policy file (version 1, minimal): pass-through hosts and where vendor keys live.
+"""The policy file: agents, teams, rules, limits, pass-through hosts and key locations.
 
-The full rule language arrives with the policy issue; this keeps its shape: a strict,
-versioned wire format (YAML) parsed once into a frozen `Policy`, every problem reported
-with file:line:column and what is allowed instead.
+A strict, versioned YAML format (documented in policies/README.md, JSON Schema in
+policies/policy.schema.json) parsed once into a frozen `Policy`. Every problem is
+reported with file:line:column, what was found and what is allowed; problems that
+would make the policy do something other than what it says are errors (the policy
+does not load), doubtful but harmless things are warnings (see `policylint`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import re
 import string
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from egressguard.core import entities, policylint
+from egressguard.core.apis import ENDPOINTS
+from egressguard.core.globs import Globs
+from egressguard.core.limits import LIMIT_NAMES, LimitSpec, PriceTable, load_prices
+from egressguard.core.rules import (
+    UNNAMED,
+    Ask,
+    Decision,
+    Evaluator,
+    Match,
+    MaxTokens,
+    Rule,
+    Subject,
+)
 from egressguard.core.secret import SecretLocation
 from egressguard.core.vendors import Catalogue, catalogue, host_matches, normalize_host
 from egressguard.core.yamlsource import ConfigError, Document, Problem, unknown_key_message
 
 VERSION = 1
-_TOP = ("version", "passthrough", "secrets")
+_TOP = ("version", "agents", "teams", "rules", "passthrough", "secrets", "prices",
+        "on_limits_unavailable")
+_AGENT = ("team", "labels", "limits", "description")
+_TEAM = ("labels", "limits", "description")
+_RULE = ("name", "description", "match", "action", "reason", "models", "endpoints",
+         "max_tokens", "tools", "streaming", "max_request_bytes", "redact", "secret",
+         "key_pool", "limits")
+_MATCH = ("agents", "teams", "labels", "vendors", "hosts", "paths", "models")
 _SECRETS = ("mount", "field", "path", "vendors", "teams", "agents")
 _TEMPLATE_FIELDS = {"vendor", "team", "agent"}
 _HOST = re.compile(r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9-]{1,63}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
+_SIZE = re.compile(r"^(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?$")
+_SIZE_UNITS = {None: 1, "B": 1, "KB": 10**3, "KiB": 2**10, "MB": 10**6, "MiB": 2**20,
+               "GB": 10**9, "GiB": 2**30}
 
 
 def _no_overrides() -> Any:
@@ -33,7 +62,8 @@ def _no_overrides() -> Any:
 @dataclass(frozen=True, slots=True)
 class SecretPaths:
     """Where each vendor's key lives in Vault KV v2; most specific wins:
-    agent > team > vendor > default path. Templates may use {vendor} {team} {agent}."""
+    rule > agent > team > vendor > default path. Templates may use {vendor} {team}
+    {agent}."""
 
     mount: str = "secret"
     field: str = "api_key"
@@ -42,10 +72,11 @@ class SecretPaths:
     teams: MappingProxyType[str, str] = _no_overrides()
     agents: MappingProxyType[str, str] = _no_overrides()
 
-    def location_for(self, vendor: str, agent: str | None = None,
-                     team: str | None = None) -> SecretLocation:
+    def location_for(self, vendor: str, agent: str | None = None, team: str | None = None,
+                     template: str | None = None) -> SecretLocation:
         template = (
-            (agent is not None and self.agents.get(agent))
+            template
+            or (agent is not None and self.agents.get(agent))
             or (team is not None and self.teams.get(team))
             or self.vendors.get(vendor)
             or self.path
@@ -54,15 +85,43 @@ class SecretPaths:
         return SecretLocation(self.mount, path, self.field)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Policy:
     source: str
+    digest: str = ""  # sha256 of the file, so records say which policy decided
     passthrough: tuple[str, ...] = ()
     secrets: SecretPaths = SecretPaths()
+    agents: Mapping[str, Subject] = _no_overrides()
+    teams: Mapping[str, Subject] = _no_overrides()
+    rules: tuple[Rule, ...] = ()
+    prices: PriceTable | None = None
+    on_limits_unavailable: str = "deny"  # or "allow": what to do when Redis is down
+    warnings: tuple[Problem, ...] = ()
+    evaluator: Evaluator = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "evaluator", Evaluator(self.rules, self.agents, self.teams))
+
+    def decide(self, ask: Ask, explain: bool = False) -> Decision:
+        return self.evaluator.decide(ask, explain)
 
     def is_passthrough(self, host: str) -> bool:
         host = normalize_host(host)
         return any(host_matches(p, host) for p in self.passthrough)
+
+    def limit_scopes(self, decision: Decision) -> list[tuple[str, LimitSpec]]:
+        """(counter key, limits) for every limit that applies to an allowed request."""
+        agent, team, rule = decision.agent or UNNAMED, decision.team or UNNAMED, decision.rule
+        scopes = []
+        if rule is not None:
+            for scope, who in (("agent", agent), ("team", team)):
+                if (spec := rule.limits.get(scope)) is not None:
+                    scopes.append((f"rule:{rule.name}/{scope}:{who}", spec))
+        if (a := self.agents.get(agent)) is not None and a.limits is not None:
+            scopes.append((f"agent:{agent}", a.limits))
+        if (t := self.teams.get(team)) is not None and t.limits is not None:
+            scopes.append((f"team:{team}", t.limits))
+        return scopes
 
 
 def load(path: Path, vendors: Catalogue | None = None) -> Policy:
@@ -71,90 +130,377 @@ def load(path: Path, vendors: Catalogue | None = None) -> Policy:
     except OSError as exc:
         raise ConfigError([Problem(str(path), 1, 1, f"cannot read policy: {exc.strerror}")]) \
             from None
-    return parse(text, str(path), vendors)
+    return parse(text, str(path), vendors, base=path.parent)
 
 
-def parse(text: str, source: str, vendors: Catalogue | None = None) -> Policy:
+def parse(text: str, source: str, vendors: Catalogue | None = None,
+          base: Path | None = None) -> Policy:
+    """The policy in `text`; ConfigError listing every error (warnings ride along on
+    the policy). `base` is where relative file names (the price table) start."""
     doc = Document(text, source)
-    problems = list(doc.problems)
-    policy = _build(doc, vendors or catalogue(), problems)
-    if problems:
-        raise ConfigError(sorted(problems, key=lambda p: (p.line, p.column)))
-    return policy
+    reader = _Reader(doc, vendors or catalogue(), base or Path.cwd())
+    policy = reader.policy(hashlib.sha256(text.encode()).hexdigest())
+    problems = list(doc.problems) + reader.problems
+    if not any(p.severity == "error" for p in problems):
+        problems += policylint.check(policy, reader.vendors, reader.rule_paths, doc)
+    errors = sorted((p for p in problems if p.severity == "error"),
+                    key=lambda p: (p.line, p.column))
+    if errors:
+        raise ConfigError(errors)
+    warnings = tuple(sorted(problems, key=lambda p: (p.line, p.column)))
+    return dataclasses.replace(policy, warnings=warnings) if warnings else policy
 
 
-def _build(doc: Document, vendors: Catalogue, problems: list[Problem]) -> Policy:
-    data = doc.data
-    if not isinstance(data, dict):
-        problems.append(doc.where((), "a policy is a mapping with at least `version: 1`"))
-        return Policy(doc.source)
-    _check_keys(doc, data, (), _TOP, "the policy", problems)
-    version = data.get("version")
-    if type(version) is not int or version != VERSION:  # not True, not 1.0
-        problems.append(doc.where(("version",), f"`version: {VERSION}` is required "
-                                  f"(found {version!r})"))
-    passthrough = _hosts(doc, data.get("passthrough", []), problems)
-    secrets = _secrets(doc, data.get("secrets", {}), vendors, problems)
-    return Policy(doc.source, passthrough, secrets)
+class _Reader:
+    """Turns the YAML document into a Policy, collecting problems as it goes."""
+
+    def __init__(self, doc: Document, vendors: Catalogue, base: Path) -> None:
+        self.doc = doc
+        self.vendors = vendors
+        self.base = base
+        self.problems: list[Problem] = []
+        self.rule_paths: dict[str, tuple[str | int, ...]] = {}  # rule name -> YAML path
+
+    def problem(self, path: tuple[str | int, ...], message: str) -> None:
+        self.problems.append(self.doc.where(path, message))
+
+    def policy(self, digest: str) -> Policy:
+        data = self.doc.data
+        if not isinstance(data, dict):
+            self.problem((), "a policy is a mapping with at least `version: 1`")
+            return Policy(self.doc.source, digest)
+        self.keys(data, (), _TOP, "the policy")
+        version = data.get("version")
+        if type(version) is not int or version != VERSION:  # not True, not 1.0
+            self.problem(("version",), f"`version: {VERSION}` is required (found {version!r})")
+        teams = self.subjects(data, "teams", _TEAM)
+        agents = self.subjects(data, "agents", _AGENT)
+        return Policy(
+            self.doc.source, digest,
+            passthrough=self.hosts(data.get("passthrough", [])),
+            secrets=self.secrets(data.get("secrets", {})),
+            agents=agents, teams=teams,
+            rules=self.rules(data.get("rules", [])),
+            prices=self.prices(data.get("prices")),
+            on_limits_unavailable=self.choice(
+                data, ("on_limits_unavailable",), ("deny", "allow"), "deny"),
+        )
+
+    # -- small readers -------------------------------------------------------------
+    def keys(self, data: dict[str, Any], path: tuple[str | int, ...],
+             allowed: tuple[str, ...], where: str) -> None:
+        for key in data:
+            if key not in allowed:
+                self.problem((*path, key), unknown_key_message(key, allowed, where))
+
+    def mapping(self, value: Any, path: tuple[str | int, ...], what: str) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.problem(path, f"{what} is a mapping, found {_kind(value)}")
+            return {}
+        return value
+
+    def strings(self, value: Any, path: tuple[str | int, ...], what: str,
+                check: Callable[[str], str | None] | None = None) -> tuple[str, ...] | None:
+        """A list of strings (a single string is a list of one)."""
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not value:
+            self.problem(path, f"{what} is a non-empty list of strings, found {_kind(value)}")
+            return None
+        out = []
+        for i, item in enumerate(value):
+            if not isinstance(item, str) or not item:
+                self.problem((*path, i), f"{what}: expected a string, found {_kind(item)}")
+            elif check is not None and (why := check(item)):
+                self.problem((*path, i), why)
+            else:
+                out.append(item)
+        return tuple(out)
+
+    def globs(self, data: dict[str, Any], path: tuple[str | int, ...], key: str,
+              what: str) -> Globs | None:
+        if key not in data:
+            return None
+        patterns = self.strings(data[key], (*path, key), what)
+        return Globs(patterns) if patterns else None
+
+    def boolean(self, data: dict[str, Any], path: tuple[str | int, ...], default: bool) -> bool:
+        value = data.get(path[-1], default)
+        if type(value) is not bool:
+            self.problem(path, f"`{path[-1]}` is true or false, found {value!r}")
+            return default
+        return value
+
+    def choice(self, data: dict[str, Any], path: tuple[str | int, ...],
+               allowed: tuple[str, ...], default: str) -> str:
+        value = data.get(path[-1], default)
+        if value not in allowed:
+            self.problem(path, f"`{path[-1]}` is one of {', '.join(allowed)}; found {value!r}")
+            return default
+        return str(value)
+
+    def positive_int(self, value: Any, path: tuple[str | int, ...], what: str) -> int | None:
+        if type(value) is not int or value <= 0:
+            self.problem(path, f"{what} is a whole number above 0, found {value!r}")
+            return None
+        return value
+
+    def size(self, value: Any, path: tuple[str | int, ...]) -> int | None:
+        if type(value) is int and value > 0:
+            return value
+        m = _SIZE.match(value.strip()) if isinstance(value, str) else None
+        if not m or int(m.group(1)) == 0:
+            self.problem(path, f"a size is bytes or a number with B, KB, KiB, MB, MiB, GB or "
+                         f"GiB (e.g. 256KiB), above 0; found {value!r}")
+            return None
+        return int(m.group(1)) * _SIZE_UNITS[m.group(2)]
+
+    # -- sections ----------------------------------------------------------------------
+    def hosts(self, value: Any) -> tuple[str, ...]:
+        if not isinstance(value, list):
+            self.problem(("passthrough",), "`passthrough` is a list of host names")
+            return ()
+        hosts = []
+        for i, host in enumerate(value):
+            if not isinstance(host, str) or not _HOST.match(normalize_host(host)):
+                self.problem(("passthrough", i), f"{host!r} is not a host name or "
+                             "`*.domain` pattern (no schemes, ports or paths)")
+                continue
+            hosts.append(normalize_host(host))
+        return tuple(hosts)
+
+    def subjects(self, data: dict[str, Any], section: str,
+                 allowed: tuple[str, ...]) -> MappingProxyType[str, Subject]:
+        out = {}
+        what = "an agent" if section == "agents" else "a team"
+        for name, spec in self.mapping(data.get(section), (section,),
+                                       f"`{section}`").items():
+            path = (section, name)
+            if not _NAME.match(str(name)):
+                self.problem(path, f"{name!r} is not a valid name (letters, digits, . _ @ -)")
+                continue
+            spec = self.mapping(spec, path, f"{what} entry") if spec is not None else {}
+            self.keys(spec, path, allowed, f"{what} ({section}.{name})")
+            labels = self.strings(spec["labels"], (*path, "labels"), "labels") \
+                if "labels" in spec else ()
+            team = spec.get("team")
+            if team is not None and not isinstance(team, str):
+                self.problem((*path, "team"), f"`team` is a team name, found {_kind(team)}")
+                team = None
+            limits = self.limits(spec["limits"], (*path, "limits")) if "limits" in spec else None
+            out[name] = Subject(name, frozenset(labels or ()), team, limits)
+        return MappingProxyType(out)
+
+    def limits(self, value: Any, path: tuple[str | int, ...]) -> LimitSpec | None:
+        spec = self.mapping(value, path, "`limits`")
+        self.keys(spec, path, LIMIT_NAMES, "limits")
+        values: dict[str, float | int] = {}
+        for name in LIMIT_NAMES:
+            if name not in spec:
+                continue
+            v = spec[name]
+            spend = name.startswith("spend")
+            ok = (type(v) in (int, float) if spend else type(v) is int) and v > 0
+            if not ok:
+                self.problem((*path, name), f"`{name}` is {'an amount in USD' if spend else 'a whole number'} above 0, found {v!r} (to refuse everything, write a rule with `action: deny`)")  # noqa: E501
+                continue
+            values[name] = v
+        return LimitSpec(**values) if values else None
+
+    def rules(self, value: Any) -> tuple[Rule, ...]:
+        if not isinstance(value, list):
+            self.problem(("rules",), f"`rules` is a list of rules, found {_kind(value)}")
+            return ()
+        rules = []
+        for i, spec in enumerate(value):
+            path: tuple[str | int, ...] = ("rules", i)
+            if not isinstance(spec, dict):
+                self.problem(path, f"a rule is a mapping with at least `name`, found {_kind(spec)}")
+                continue
+            rule = self.rule(spec, path)
+            if rule is not None:
+                if rule.name in self.rule_paths:
+                    first = self.doc.where(self.rule_paths[rule.name], "").line
+                    self.problem((*path, "name"), f"rule name {rule.name!r} is used twice "
+                                 f"(first on line {first}); names must be unique")
+                    continue
+                self.rule_paths[rule.name] = path
+                rules.append(rule)
+        return tuple(rules)
+
+    def rule(self, spec: dict[str, Any], path: tuple[str | int, ...]) -> Rule | None:
+        name = spec.get("name")
+        where = f"rule {name!r}" if isinstance(name, str) else f"rules[{path[-1]}]"
+        self.keys(spec, path, _RULE, where)
+        if not isinstance(name, str) or not _NAME.match(name):
+            self.problem((*path, "name") if "name" in spec else path,
+                         f"every rule needs a `name` (letters, digits, . _ @ -), found {name!r}")
+            return None
+        match = self.match(spec.get("match"), (*path, "match"))
+        endpoints = None
+        if "endpoints" in spec:
+            endpoints = frozenset(self.strings(
+                spec["endpoints"], (*path, "endpoints"), "endpoints",
+                lambda e: None if e in ENDPOINTS else unknown_key_message(
+                    e, ENDPOINTS, "endpoints").replace("unknown key", "unknown endpoint"))
+                or ())
+        reason = spec.get("reason")
+        if reason is not None and not isinstance(reason, str):
+            self.problem((*path, "reason"), f"`reason` is text, found {_kind(reason)}")
+            reason = None
+        secret = spec.get("secret")
+        if secret is not None and not self.template((*path, "secret"), secret):
+            secret = None
+        pool = ()
+        if "key_pool" in spec:
+            pool = self.strings(spec["key_pool"], (*path, "key_pool"), "key_pool") or ()
+            pool = tuple(t for i, t in enumerate(pool)
+                         if self.template((*path, "key_pool", i), t))
+        return Rule(
+            name=name, match=match,
+            action=self.choice(spec, (*path, "action"), ("allow", "deny"), "allow"),
+            reason=reason,
+            models=self.globs(spec, path, "models", "models"),
+            endpoints=endpoints,
+            max_tokens=self.max_tokens(spec["max_tokens"], (*path, "max_tokens"))
+            if "max_tokens" in spec else None,
+            tools=self.tools(spec["tools"], (*path, "tools")) if "tools" in spec else "allow",
+            streaming=self.boolean(spec, (*path, "streaming"), True),
+            max_request_bytes=self.size(spec["max_request_bytes"], (*path, "max_request_bytes"))
+            if "max_request_bytes" in spec else None,
+            redact=self.redact(spec["redact"], (*path, "redact")) if "redact" in spec
+            else MappingProxyType({}),
+            secret=secret, key_pool=pool,
+            limits=self.rule_limits(spec["limits"], (*path, "limits")) if "limits" in spec
+            else MappingProxyType({}),
+            line=self.doc.where(path, "").line,
+        )
+
+    def match(self, value: Any, path: tuple[str | int, ...]) -> Match:
+        spec = self.mapping(value, path, "`match`")
+        self.keys(spec, path, _MATCH, "match")
+        vendors = None
+        if "vendors" in spec:
+            names = self.vendors.names
+            vendors = frozenset(self.strings(
+                spec["vendors"], (*path, "vendors"), "vendors",
+                lambda v: None if v in names else unknown_key_message(
+                    v, names, "the vendor catalogue").replace("unknown key", "unknown vendor"))
+                or ())
+        hosts = None
+        if "hosts" in spec:
+            patterns = self.strings(spec["hosts"], (*path, "hosts"), "hosts")
+            hosts = Globs(tuple(normalize_host(h) for h in patterns)) if patterns else None
+        return Match(
+            agents=self.globs(spec, path, "agents", "agents"),
+            teams=self.globs(spec, path, "teams", "teams"),
+            labels=frozenset(self.strings(spec["labels"], (*path, "labels"), "labels") or ())
+            if "labels" in spec else frozenset(),
+            vendors=vendors, hosts=hosts,
+            paths=self.globs(spec, path, "paths", "paths"),
+            models=self.globs(spec, path, "models", "models"),
+        )
+
+    def max_tokens(self, value: Any, path: tuple[str | int, ...]) -> MaxTokens | None:
+        if type(value) is int:  # shorthand: a cap that clamps
+            cap = self.positive_int(value, path, "`max_tokens`")
+            return MaxTokens(cap) if cap else None
+        spec = self.mapping(value, path, "`max_tokens` (a number, or {cap: N, over: clamp|refuse})")
+        self.keys(spec, path, ("cap", "over"), "max_tokens")
+        cap = self.positive_int(spec.get("cap"), (*path, "cap"), "`max_tokens.cap`")
+        over = self.choice(spec, (*path, "over"), ("clamp", "refuse"), "clamp")
+        return MaxTokens(cap, over) if cap else None
+
+    def tools(self, value: Any, path: tuple[str | int, ...]) -> str | Globs:
+        if value in ("allow", "deny"):
+            return str(value)
+        if isinstance(value, list):
+            names = self.strings(value, path, "tools")
+            return Globs(names) if names else "deny"
+        self.problem(path, f"`tools` is allow, deny, or a list of the tool names allowed; "
+                     f"found {value!r}")
+        return "deny"
+
+    def redact(self, value: Any, path: tuple[str | int, ...]) -> MappingProxyType[str, str]:
+        plan = {}
+        known = (*entities.GROUPS, *entities.PII, *entities.SECRETS)
+        for name, action in self.mapping(value, path, "`redact` (entity type: action)").items():
+            if name not in known:
+                self.problem((*path, name), unknown_key_message(name, known, "redact")
+                             .replace("unknown key", "unknown entity type"))
+            elif action not in entities.ACTIONS:
+                self.problem((*path, name), f"the action for {name} is one of "
+                             f"{', '.join(entities.ACTIONS)}; found {action!r}")
+            else:
+                plan[name] = action
+        return MappingProxyType(plan)
+
+    def rule_limits(self, value: Any, path: tuple[str | int, ...]) -> MappingProxyType[str, LimitSpec]:  # noqa: E501
+        spec = self.mapping(value, path, "`limits` (per agent and/or per team)")
+        self.keys(spec, path, ("agent", "team"), "a rule's limits (each agent / each team)")
+        out = {}
+        for scope in ("agent", "team"):
+            if scope in spec and (limits := self.limits(spec[scope], (*path, scope))):
+                out[scope] = limits
+        return MappingProxyType(out)
+
+    def prices(self, value: Any) -> PriceTable | None:
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value:
+            self.problem(("prices",), f"`prices` is the path of a price table file, found "
+                         f"{_kind(value)}")
+            return None
+        try:
+            return load_prices(self.base / value, self.vendors)
+        except ConfigError as exc:
+            self.problem(("prices",), f"the price table {value} is not usable:\n  "
+                         + "\n  ".join(str(p) for p in exc.problems))
+            return None
+
+    def secrets(self, value: Any) -> SecretPaths:
+        if not isinstance(value, dict):
+            self.problem(("secrets",), "`secrets` is a mapping")
+            return SecretPaths()
+        self.keys(value, ("secrets",), _SECRETS, "secrets")
+        for key in ("mount", "field", "path"):
+            if key in value:
+                self.template(("secrets", key), value[key])
+        maps: dict[str, MappingProxyType[str, str]] = {}
+        for key in ("vendors", "teams", "agents"):
+            entries = value.get(key, {})
+            if not isinstance(entries, dict):
+                self.problem(("secrets", key), f"`secrets.{key}` maps a name to a path template")
+                entries = {}
+            for name, template in entries.items():
+                if key == "vendors" and name not in self.vendors.names:
+                    self.problem(("secrets", key, name), unknown_key_message(
+                        name, self.vendors.names, "secrets.vendors (the vendor catalogue)"))
+                self.template(("secrets", key, name), template)
+            maps[key] = MappingProxyType(dict(entries))
+        base = {k: value[k] for k in ("mount", "field", "path") if isinstance(value.get(k), str)}
+        return SecretPaths(**base, **maps)
+
+    def template(self, path: tuple[str | int, ...], value: Any) -> bool:
+        if not isinstance(value, str) or not value.strip("/"):
+            self.problem(path, f"expected a non-empty string, found {value!r}")
+            return False
+        try:
+            names = {f for _, f, _, _ in string.Formatter().parse(value) if f is not None}
+        except ValueError as exc:
+            self.problem(path, f"bad template {value!r}: {exc}")
+            return False
+        if unknown := sorted(names - _TEMPLATE_FIELDS):
+            self.problem(path, f"template {value!r} uses {unknown}; only {{vendor}}, "
+                         "{team} and {agent} are known")
+            return False
+        return True
 
 
-def _check_keys(doc: Document, data: dict[str, Any], path: tuple[str, ...],
-                allowed: tuple[str, ...], where: str, problems: list[Problem]) -> None:
-    for key in data:
-        if key not in allowed:
-            problems.append(doc.where((*path, key), unknown_key_message(key, allowed, where)))
-
-
-def _hosts(doc: Document, value: Any, problems: list[Problem]) -> tuple[str, ...]:
-    if not isinstance(value, list):
-        problems.append(doc.where(("passthrough",), "`passthrough` is a list of host names"))
-        return ()
-    hosts = []
-    for i, host in enumerate(value):
-        if not isinstance(host, str) or not _HOST.match(normalize_host(host)):
-            problems.append(doc.where(("passthrough", i), f"{host!r} is not a host name or "
-                                      "`*.domain` pattern (no schemes, ports or paths)"))
-            continue
-        hosts.append(normalize_host(host))
-    return tuple(hosts)
-
-
-def _secrets(doc: Document, value: Any, vendors: Catalogue,
-             problems: list[Problem]) -> SecretPaths:
-    if not isinstance(value, dict):
-        problems.append(doc.where(("secrets",), "`secrets` is a mapping"))
-        return SecretPaths()
-    _check_keys(doc, value, ("secrets",), _SECRETS, "secrets", problems)
-    for key in ("mount", "field", "path"):
-        if key in value:
-            _template(doc, ("secrets", key), value[key], problems)
-    maps: dict[str, MappingProxyType[str, str]] = {}
-    for key in ("vendors", "teams", "agents"):
-        entries = value.get(key, {})
-        if not isinstance(entries, dict):
-            problems.append(doc.where(("secrets", key), f"`secrets.{key}` maps a name to a "
-                                      "path template"))
-            entries = {}
-        for name, template in entries.items():
-            if key == "vendors" and name not in vendors.names:
-                problems.append(doc.where(("secrets", key, name), unknown_key_message(
-                    name, vendors.names, "secrets.vendors (the vendor catalogue)")))
-            _template(doc, ("secrets", key, name), template, problems)
-        maps[key] = MappingProxyType(dict(entries))
-    base = {k: value[k] for k in ("mount", "field", "path") if isinstance(value.get(k), str)}
-    return SecretPaths(**base, **maps)
-
-
-def _template(doc: Document, path: tuple[str, ...], value: Any,
-              problems: list[Problem]) -> None:
-    if not isinstance(value, str) or not value.strip("/"):
-        problems.append(doc.where(path, f"expected a non-empty string, found {value!r}"))
-        return
-    try:
-        names = {f for _, f, _, _ in string.Formatter().parse(value) if f is not None}
-    except ValueError as exc:
-        problems.append(doc.where(path, f"bad template {value!r}: {exc}"))
-        return
-    if unknown := sorted(names - _TEMPLATE_FIELDS):
-        problems.append(doc.where(path, f"template {value!r} uses {unknown}; only "
-                                  "{vendor}, {team} and {agent} are known"))
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    return {dict: "a mapping", list: "a list", str: f"the text {value!r}",
+            bool: f"{str(value).lower()}"}.get(type(value), repr(value))

@@ -39,7 +39,7 @@ class RequestFacts:
     method: str
     host: str
     path: str  # without the query string: queries may carry credentials
-    kind: str = "request"  # "request", or "connect" for a tunnel refused at CONNECT
+    kind: str = "request"  # or "connect" (a tunnel refused at CONNECT), "policy" (a reload)
     agent: str | None = None
     team: str | None = None
     token_id: str | None = None
@@ -48,6 +48,10 @@ class RequestFacts:
     stream: bool | None = None
     decision: str = "allow"
     reason: str = "allowed"
+    policy: str | None = None  # sha256 of the policy file in force
+    rule: str | None = None
+    clamps: dict[str, Any] | None = None
+    limits: dict[str, Any] | None = None
     message: str | None = None
     status: int | None = None
     error: str | None = None
@@ -87,6 +91,10 @@ def build(facts: RequestFacts) -> dict[str, Any]:
         "stream": facts.stream,
         "decision": facts.decision,
         "reason": facts.reason,
+        "policy": facts.policy,
+        "rule": facts.rule,
+        "clamps": facts.clamps,
+        "limits": facts.limits,
         "message": text(facts.message),
         "status": facts.status,
         "error": text(facts.error),

@@ -18,9 +18,11 @@ class Problem:
     line: int  # 1-based
     column: int  # 1-based
     message: str
+    severity: str = "error"  # or "warning": reported, but the file still loads
 
     def __str__(self) -> str:
-        return f"{self.source}:{self.line}:{self.column}: {self.message}"
+        kind = "warning: " if self.severity == "warning" else ""
+        return f"{self.source}:{self.line}:{self.column}: {kind}{self.message}"
 
 
 class ConfigError(Exception):
@@ -48,13 +50,13 @@ class Document:
         self.problems: list[Problem] = []
         self.data: Any = self._convert(node, ()) if node is not None else None
 
-    def where(self, path: Path_, message: str) -> Problem:
+    def where(self, path: Path_, message: str, severity: str = "error") -> Problem:
         """A problem located at `path` (or its closest known parent)."""
         while path and path not in self._marks:
             path = path[:-1]
         mark = self._marks.get(path)
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        return Problem(self.source, line, col, message)
+        return Problem(self.source, line, col, message, severity)
 
     def _convert(self, node: yaml.Node, path: Path_) -> Any:
         self._marks[path] = node.start_mark

@@ -48,6 +48,13 @@ def facts(flow: http.HTTPFlow) -> records.RequestFacts:
     )
     if principal is not None:
         f.agent, f.team, f.token_id = principal.agent, principal.team, principal.token_id
+    if (policy := meta.get(flowstate.POLICY)) is not None:
+        f.policy = policy.digest or None
+    if (decision := meta.get(flowstate.DECISION)) is not None:
+        f.rule = decision.rule_name
+        f.team = decision.team
+    f.clamps = meta.get(flowstate.CLAMPS)
+    f.limits = meta.get(flowstate.LIMITS)
     if dest is not None and dest.vendor is not None:
         f.vendor = dest.vendor.name
     if info is not None:
@@ -128,6 +135,20 @@ class Audit:
     @flowstate.fail_closed
     async def error(self, flow: http.HTTPFlow) -> None:
         await self._write(flow)
+
+    async def policy_event(self, source: str, digest: str | None, loaded: bool,
+                           message: str) -> None:
+        """Record a policy (re)load, or a reload refused because the file is invalid."""
+        assert self.journal is not None
+        f = records.RequestFacts(
+            id=records.new_id(), started=time.time(), client="", method="", host="",
+            path=source, kind="policy", decision="allow" if loaded else "deny",
+            reason="policy_loaded" if loaded else "policy_invalid", policy=digest,
+            message=message)
+        try:
+            await self.journal.append(records.build(f))
+        except JournalError as exc:
+            log.critical("audit record of a policy reload not written: %s", exc)
 
     async def _write(self, flow: http.HTTPFlow) -> bool:
         """Record `flow` once; False if the journal could not take it."""

@@ -31,7 +31,12 @@ PRINCIPAL = "egressguard.principal"
 REQUEST = "egressguard.request"
 SECRET = "egressguard.secret"
 USAGE = "egressguard.usage"
+HIDE_STREAM_USAGE = "egressguard.hide_stream_usage"
 REFUSAL = "egressguard.refusal"
+DECISION = "egressguard.decision"  # rules.Decision of an intercepted request
+CLAMPS = "egressguard.clamps"  # {field: {"from": asked, "to": sent}}
+LIMITS = "egressguard.limits"  # limit state, as recorded in the audit record
+RESERVATION = "egressguard.reservation"  # limits reserved, settled when the flow ends
 AUDITED = "egressguard.audited"
 
 REQUEST_ID_HEADER = "x-egressguard-request-id"
@@ -67,6 +72,8 @@ def refuse(flow: http.HTTPFlow, err: EgressError, vendor: Vendor | None = None) 
     headers = {"content-type": "application/json", REQUEST_ID_HEADER: begin(flow)}
     if err.status == 407:
         headers["proxy-authenticate"] = 'Basic realm="egressguard"'
+    if (retry_after := getattr(err, "retry_after", None)) is not None:
+        headers["retry-after"] = str(retry_after)
     flow.response = http.Response.make(
         err.status, vendor_error_body(err, vendor.error_shape if vendor else None), headers)
     flow.metadata[REFUSAL] = err

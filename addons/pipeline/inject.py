@@ -13,6 +13,7 @@ from mitmproxy import ctx, exceptions, http
 from egressguard.backends.vault import SecretStore, VaultConfig, VaultStore
 from egressguard.core import credentials
 from egressguard.core.errors import SecretUnavailable
+from egressguard.core.rules import Rule
 from egressguard.pipeline import flowstate
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ _KEY_LEAKING_OPTIONS = (
 class Inject:
     def __init__(self, store: SecretStore | None = None) -> None:
         self.store = store
+        self._turns: dict[str, int] = {}  # rule name -> requests sent with its key pool
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
         loader.add_option("egressguard_secret_ttl", float, 60.0,
@@ -52,6 +54,14 @@ class Inject:
         if isinstance(self.store, VaultStore):
             self.store.close()
 
+    def _template(self, rule: Rule | None) -> str | None:
+        """The rule's own key location; a key pool's in turn (round robin)."""
+        if rule is None or not rule.key_pool:
+            return rule.secret if rule else None
+        turn = self._turns.get(rule.name, 0)
+        self._turns[rule.name] = turn + 1
+        return rule.key_pool[turn % len(rule.key_pool)]
+
     @flowstate.fail_closed
     async def request(self, flow: http.HTTPFlow) -> None:
         if not flowstate.is_live_request(flow):
@@ -59,9 +69,9 @@ class Inject:
         assert self.store is not None
         dest = flow.metadata[flowstate.DESTINATION]
         vendor = dest.vendor
-        principal = flow.metadata[flowstate.PRINCIPAL]
+        decision = flow.metadata[flowstate.DECISION]
         where = flow.metadata[flowstate.POLICY].secrets.location_for(
-            vendor.name, principal.agent, principal.team)
+            vendor.name, decision.agent, decision.team, self._template(decision.rule))
         try:
             secret = await self.store.get(vendor, where)
         except SecretUnavailable as err:

@@ -1,12 +1,19 @@
-"""Loads the policy file and stamps the policy in force on every flow.
+"""Loads the policy file, reloads it when it changes or on SIGHUP, and stamps the
+policy in force on every flow.
 
-Each flow keeps the policy it started with, so a later reload never changes the
-rules halfway through a request.
+Each flow keeps the policy it started with, so a reload never changes the rules
+halfway through a request. A reload is all or nothing: the new file is parsed and
+checked in full, then swapped in with one assignment; an invalid file leaves the
+last good policy in force, is logged as an error and leaves an audit record.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import logging
+import os
+import signal
 from pathlib import Path
 
 from mitmproxy import ctx, exceptions, http
@@ -21,22 +28,87 @@ log = logging.getLogger(__name__)
 class PolicyLoader:
     def __init__(self) -> None:
         self.policy: policy.Policy | None = None
+        self.path: Path | None = None
+        self._seen: tuple[tuple[int, int, int] | None, ...] = ()
+        self._watcher: asyncio.Task[None] | None = None
+        self._reloading = asyncio.Lock()
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
         loader.add_option("egressguard_policy", str, "", "Policy file (YAML, version 1).")
+        loader.add_option("egressguard_policy_poll", float, 1.0,
+                          "Seconds between checks of the policy file for changes "
+                          "(0: reload on SIGHUP only).")
 
     def configure(self, updated: set[str]) -> None:
         if "egressguard_policy" in updated and ctx.options.egressguard_policy:
             path = Path(ctx.options.egressguard_policy)
             try:
-                self.policy = policy.load(path)
+                loaded = policy.load(path)
             except ConfigError as exc:
                 raise exceptions.OptionsError(f"invalid policy {path}:\n{exc}") from None
-            log.info("policy loaded from %s", path)
+            self.path = path
+            self._seen = self._stat(loaded)
+            self._swap(loaded)
 
     def running(self) -> None:
         if self.policy is None:
             log.error("no policy: pass --policy FILE (or --set egressguard_policy=FILE)")
+            return
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(
+            self.reload("SIGHUP")))
+        self._watcher = asyncio.ensure_future(self._watch())
+
+    def done(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+
+    async def reload(self, why: str) -> bool:
+        """Load the file again; True if the new policy is now in force."""
+        assert self.path is not None and self.policy is not None
+        async with self._reloading:
+            # parsing a large policy takes milliseconds: let the loop run meanwhile
+            try:
+                new = await asyncio.to_thread(policy.load, self.path)
+            except ConfigError as exc:
+                self._seen = self._stat(None)
+                log.error("policy %s NOT reloaded (%s): the last good policy (sha256 %s) "
+                          "stays in force. Problems:\n%s", self.path, why,
+                          self.policy.digest[:12], exc)
+                await self._audit(False, str(exc), _digest_of(self.path))
+                return False
+            self._seen = self._stat(new)
+            if new.digest == self.policy.digest:
+                return True
+            self._swap(new)
+            log.info("policy %s reloaded (%s): sha256 %s", self.path, why, new.digest[:12])
+            await self._audit(True, f"reloaded ({why})", new.digest)
+            return True
+
+    def _swap(self, new: policy.Policy) -> None:
+        for warning in new.warnings:
+            log.warning("policy: %s", warning)
+        self.policy = new
+
+    async def _watch(self) -> None:
+        while (interval := ctx.options.egressguard_policy_poll) > 0:
+            await asyncio.sleep(interval)
+            if self._stat(self.policy) != self._seen:
+                await self.reload("file changed")
+
+    def _stat(self, loaded: policy.Policy | None) -> tuple[tuple[int, int, int] | None, ...]:
+        """What identifies the versions of the policy file and the files it reads."""
+        assert self.path is not None
+        files = [self.path]
+        if loaded is not None and loaded.prices is not None:
+            files.append(Path(loaded.prices.source))
+        return tuple(_identity(f) for f in files)
+
+    async def _audit(self, loaded: bool, message: str, digest: str | None) -> None:
+        audit = ctx.master.addons.get("audit")
+        if audit is not None:
+            await audit.policy_event(str(self.path), digest, loaded, message)
 
     @flowstate.fail_closed
     def http_connect(self, flow: http.HTTPFlow) -> None:
@@ -49,3 +121,18 @@ class PolicyLoader:
     def _stamp(self, flow: http.HTTPFlow) -> None:
         flowstate.begin(flow)
         flow.metadata[flowstate.POLICY] = self.policy
+
+
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)  # follows symlinks: a Kubernetes ConfigMap swap changes the inode
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+def _digest_of(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None

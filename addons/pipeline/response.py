@@ -10,18 +10,30 @@ from egressguard.pipeline import flowstate
 
 
 class StreamTap:
-    """mitmproxy stream callable for an SSE response: passes each chunk on as it
-    arrives (minus any real-key echo) and watches it for usage."""
+    """mitmproxy stream callable for an SSE response: reads usage from the vendor's
+    bytes, takes out what egressguard's own request for usage added (`hide_usage`),
+    and passes each chunk on as it arrives, minus any real-key echo."""
 
-    def __init__(self, scrubber: KeyScrubber) -> None:
+    def __init__(self, scrubber: KeyScrubber, hide_usage: bool = False) -> None:
         self.scrubber = scrubber
         self.sse = usage.SseUsage()
+        self.hide = usage.UsageChunkFilter() if hide_usage else None
         self.bytes = 0
 
-    def __call__(self, chunk: bytes) -> bytes:
+    def __call__(self, chunk: bytes) -> bytes | list[bytes]:
         self.bytes += len(chunk)
         self.sse.feed(chunk)
-        return self.scrubber(chunk)
+        if self.hide is None:
+            out = self.scrubber(chunk)
+        elif chunk:
+            kept = self.hide(chunk)
+            out = self.scrubber(kept) if kept else b""  # the scrubber ends on b""
+        else:  # the end: what the filter held, then what the scrubber held
+            rest = self.hide(b"")
+            out = (self.scrubber(rest) if rest else b"") + self.scrubber(b"")
+        # mitmproxy sends b"" as a chunk of its own, which in a chunked HTTP/1 response
+        # is the last one: the agent would see its stream end here. Send nothing.
+        return out if out or not chunk else []
 
 
 class ResponseWatch:
@@ -32,7 +44,8 @@ class ResponseWatch:
         if flowstate.REFUSAL in flow.metadata:
             return
         if flow.response.headers.get("content-type", "").startswith("text/event-stream"):
-            tap = StreamTap(KeyScrubber(self._keys(flow)))
+            tap = StreamTap(KeyScrubber(self._keys(flow)),
+                            hide_usage=bool(flow.metadata.get(flowstate.HIDE_STREAM_USAGE)))
             flow.response.stream = tap
             # filled as events pass: complete even if the agent hangs up after the last one
             flow.metadata[flowstate.USAGE] = tap.sse.usage

@@ -1,4 +1,5 @@
-"""What is being asked of the vendor: model and streaming, parsed once from the request."""
+"""What is being asked of the vendor: model and streaming, parsed once from the request;
+streamed chat completions made to report their usage."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 import orjson
 from mitmproxy import http
 
+from egressguard.core import usage
 from egressguard.core.errors import BadRequest
 from egressguard.core.vendors import Vendor
 from egressguard.pipeline import flowstate
@@ -59,3 +61,9 @@ class VendorRequest:
             flowstate.refuse(flow, err)
             return
         flow.metadata[flowstate.REQUEST] = info
+        chat = flow.request.path.split("?", 1)[0].endswith("/chat/completions")
+        if isinstance(info.body, dict) and usage.ask_for_stream_usage(vendor.name, chat,
+                                                                      info.body):
+            # budgets settle on reported usage; the agent still sees the stream it asked for
+            flow.request.content = orjson.dumps(info.body)
+            flow.metadata[flowstate.HIDE_STREAM_USAGE] = True

@@ -288,9 +288,10 @@ def _json(status: int, obj: object) -> Reply:
     return Reply(status, json.dumps(obj).encode())
 
 
-def _sse(data: object, event: str | None = None) -> bytes:
-    text = data if isinstance(data, str) else json.dumps(data)
-    return (f"event: {event}\n" if event else "").encode() + f"data: {text}\n\n".encode()
+def _sse(data: object, event: str | None = None, eol: str = "\n") -> bytes:
+    # compact, as OpenAI and Anthropic write their events
+    text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+    return (f"event: {event}{eol}" if event else "").encode() + f"data: {text}{eol}{eol}".encode()
 
 
 def _stream(call: _Call, events: list[bytes]) -> Reply:
@@ -361,7 +362,8 @@ def _anthropic_messages(c: _Call) -> Reply:
         "id": f"msg_fake{next(_ids)}", "type": "message", "role": "assistant", "model": c.model,
         "content": [{"type": "text", "text": c.text}], "stop_reason": "end_turn",
         "stop_sequence": None,
-        "usage": {"input_tokens": c.input_tokens, "output_tokens": c.output_tokens},
+        "usage": {"input_tokens": c.input_tokens, "cache_creation_input_tokens": 0,
+                  "cache_read_input_tokens": 0, "output_tokens": c.output_tokens},
     }
     if not c.stream:
         return _json(200, message)
@@ -370,7 +372,7 @@ def _anthropic_messages(c: _Call) -> Reply:
         return _sse({"type": kind, **fields}, kind)
 
     start = {**message, "content": [], "stop_reason": None,
-             "usage": {"input_tokens": c.input_tokens, "output_tokens": 1}}
+             "usage": {**message["usage"], "output_tokens": 1}}
     events = [
         event("message_start", message=start),
         event("content_block_start", index=0, content_block={"type": "text", "text": ""}),
@@ -404,7 +406,8 @@ def _gemini(c: _Call, streaming: bool) -> Reply:
         return _json(200, chunk(c.text, True, c.output_tokens))
     parts = c.chunks
     bodies = [chunk(p, i == len(parts) - 1, i + 1) for i, p in enumerate(parts)]
-    return _stream(c, [_sse(b) for b in bodies])  # as with ?alt=sse, which every SDK sends
+    # as with ?alt=sse, which every SDK sends
+    return _stream(c, [_sse(b, eol="\r\n") for b in bodies])
 
 
 # --- the server ------------------------------------------------------------------------

@@ -30,6 +30,7 @@ class ServeConfig:
     upstream_ca: Path | None = None
     secret_ttl: float = 60.0
     vault_timeout: float = 2.0
+    limits_store: str = ""  # redis:// URL; empty: counters in this process
     banner: bool = True
 
 
@@ -76,6 +77,7 @@ def mitmproxy_options(config: ServeConfig, ca_files: ca.CaFiles) -> dict[str, ob
         "egressguard_upstream_map": config.upstream_map,
         "egressguard_secret_ttl": config.secret_ttl,
         "egressguard_vault_timeout": config.vault_timeout,
+        "egressguard_limits_store": config.limits_store,
     }
     if config.upstream_ca is not None:
         bundle = ca.trust_bundle(config.state / "upstream-trust.pem", [config.upstream_ca])
