@@ -52,6 +52,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         state=args.state, certs=args.certs, upstream_map=args.upstream_map or [],
         upstream_ca=args.upstream_ca, secret_ttl=args.secret_ttl,
         vault_timeout=args.vault_timeout, limits_store=args.limits_store,
+        policy_poll=args.policy_poll,
         banner=not args.quiet)
     if args.local_vault:
         from egressguard.tools.localvault import LocalVaultError
@@ -266,6 +267,9 @@ def parser() -> argparse.ArgumentParser:
                    help="loopback port of the local OpenBao (default 8200)")
     r.add_argument("--secret-ttl", type=float, default=60.0, metavar="SECONDS")
     r.add_argument("--vault-timeout", type=float, default=2.0, metavar="SECONDS")
+    r.add_argument("--policy-poll", type=float, default=1.0, metavar="SECONDS",
+                   help="how often to check the policy file for changes (0: reload on "
+                   "SIGHUP only; default 1)")
     r.add_argument("--limits-store", default=os.environ.get("EGRESSGUARD_LIMITS_STORE", ""),
                    metavar="URL", help="redis://HOST:PORT/DB to share rate limits and budgets "
                    "between replicas (default: this process only; env EGRESSGUARD_LIMITS_STORE)")

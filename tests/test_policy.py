@@ -206,3 +206,149 @@ def test_version_must_be_the_integer_one(value: str) -> None:
 def test_a_non_scalar_key_is_a_located_problem(text: str) -> None:
     (found,) = problems(text)
     assert found[:2] == (2, 1)
+
+
+# -- agents, teams, rules, limits: what lint reports ---------------------------------
+
+HEAD = "version: 1\nteams: {research: {}}\nagents: {reader: {team: research}}\n"
+
+
+@pytest.mark.parametrize("rules, line, column, message", [
+    ("  - name: r\n    match: {agents: [raeder]}\n", 6, 22,
+     "unknown agent 'raeder' in the policy's agents; did you mean 'reader'? (allowed: reader)"),
+    ("  - name: r\n    match: {teams: [reserch]}\n", 6, 21, "unknown team 'reserch'"),
+    ("  - name: r\n    match: {labels: [pci]}\n", 6, 13, "no agent or team has the label 'pci'"),
+    ("  - name: r\n    match: {vendors: [opnai]}\n", 6, 23,
+     "unknown vendor 'opnai' in the vendor catalogue; did you mean 'openai'?"),
+    ("  - name: r\n    match: {model: [gpt-4o]}\n", 6, 13,
+     "unknown key 'model' in match; did you mean 'models'?"),
+    ("  - name: r\n    modles: [gpt-4o]\n", 6, 5,
+     "unknown key 'modles' in rule 'r'; did you mean 'models'?"),
+    ("  - name: r\n  - name: r\n", 6, 5, "rule name 'r' is used twice (first on line 5)"),
+    ("  - match: {}\n", 5, 5, "every rule needs a `name`"),
+    ("  - name: no\n", 5, 5, "found false (write yes/no/on/off in quotes to mean the word)"),
+    ("  - name: all\n  - name: r\n    match: {teams: [research]}\n", 6, 5,
+     "rule 'r' can never match: rule 'all' (line 5) comes first and matches every request"),
+    ("  - name: a\n    match: {models: ['gpt-4o*']}\n  - name: b\n"
+     "    match: {models: [gpt-4o-mini]}\n", 7, 5, "rule 'b' can never match: rule 'a'"),
+    ("  - name: r\n    endpoints: [chat, completions]\n", 6, 23,
+     "unknown endpoint 'completions' in endpoints"),
+    ("  - name: r\n    max_tokens: 0\n", 6, 5, "`max_tokens` is a whole number above 0"),
+    ("  - name: r\n    max_tokens: {cap: 10, over: cut}\n", 6, 27,
+     "`over` is one of clamp, refuse; found 'cut'"),
+    ("  - name: r\n    tools: some\n", 6, 5, "`tools` is allow, deny, or a list"),
+    ("  - name: r\n    streaming: 'no'\n", 6, 5, "`streaming` is true or false, found 'no'"),
+    ("  - name: r\n    max_request_bytes: 1 TB\n", 6, 5, "a size is bytes or a number with"),
+    ("  - name: r\n    redact: {EMAIL: mask}\n", 6, 14,
+     "unknown entity type 'EMAIL' in redact (allowed: pii, secrets, EMAIL_ADDRESS"),
+    ("  - name: r\n    redact: {pii: hide}\n", 6, 14,
+     "the action for pii is one of mask, pseudonymize, block, log; found 'hide'"),
+    ("  - name: r\n    secret: a/{vendor}\n    key_pool: [b, c]\n", 7, 5,
+     "a rule names either one `secret` or a `key_pool`, not both"),
+    ("  - name: r\n    key_pool: ['x/{vendr}']\n", 6, 16, "uses ['vendr']"),
+    ("  - name: r\n    limits: {agent: {requests_per_minute: 0}}\n", 6, 22,
+     "`requests_per_minute` is a whole number above 0, found 0 (to refuse everything, "
+     "write a rule with `action: deny`)"),
+    ("  - name: r\n    limits: {agent: {tokens_per_minute: 1.5}}\n", 6, 22,
+     "`tokens_per_minute` is a whole number above 0"),
+    ("  - name: r\n    limits: {team: {spend_per_week: 5}}\n", 6, 21,
+     "unknown key 'spend_per_week' in limits; did you mean 'spend_per_day'?"),
+    ("  - name: r\n    limits: {teams: {spend_per_day: 5}}\n", 6, 14,
+     "unknown key 'teams' in a rule's limits (each agent / each team); did you mean 'team'?"),
+    ("  - name: r\n    limits: {team: {spend_per_day: 5}}\n", 6, 14,
+     "spend limits need a price table: add `prices: prices.yaml`"),
+    ("  - name: r\n    max_tokens: 4096\n    limits: {agent: {tokens_per_minute: 1000}}\n",
+     7, 22, "tokens_per_minute 1000 is below the rule's max_tokens cap 4096: a request at "
+     "the cap could never be let through"),
+    ("  - name: r\n    action: maybe\n", 6, 5, "`action` is one of allow, deny; found 'maybe'"),
+])
+def test_rule_errors(rules: str, line: int, column: int, message: str) -> None:
+    found = problems(HEAD + "rules:\n" + rules)
+    assert any((ln, col) == (line, column) and message in msg for ln, col, msg in found), found
+
+
+@pytest.mark.parametrize("text, line, column, message", [
+    ("version: 1\nagents: {a: {team: t}}\n", 2, 14,
+     "unknown team 't': the policy declares no teams (add it under `teams:`)"),
+    ("version: 1\nagents: {a: {tema: t}}\n", 2, 14,
+     "unknown key 'tema' in an agent (agents.a); did you mean 'team'?"),
+    ("version: 1\nagents: [a]\n", 2, 1, "`agents` is a mapping, found a list"),
+    ("version: 1\nteams: {'bad name': {}}\n", 2, 9, "'bad name' is not a valid name"),
+    ("version: 1\nteams: {t: {limits: {spend_per_day: -1}}}\n", 2, 22,
+     "`spend_per_day` is an amount in USD above 0, found -1"),
+    ("version: 1\non_limits_unavailable: ignore\n", 2, 1,
+     "`on_limits_unavailable` is one of deny, allow; found 'ignore'"),
+    ("version: 1\nrules: {name: r}\n", 2, 1, "`rules` is a list of rules, found a mapping"),
+    ("version: 1\nprices: nowhere.yaml\n", 2, 1, "the price table nowhere.yaml is not usable"),
+])
+def test_top_level_errors(text: str, line: int, column: int, message: str) -> None:
+    found = problems(text)
+    assert any((ln, col) == (line, column) and message in msg for ln, col, msg in found), found
+
+
+def test_every_error_is_reported_at_once() -> None:
+    found = problems(HEAD + "rules:\n  - name: r\n    modles: [x]\n    streaming: 1\n"
+                     "    endpoints: [chatt]\n")
+    assert [(ln, col) for ln, col, _ in found] == [(6, 5), (7, 5), (8, 17)]
+
+
+@pytest.mark.parametrize("rules, message", [
+    ("  - name: r\n    models: [gtp-4o]\n",
+     "model pattern 'gtp-4o' matches no model the vendor catalogue knows"),
+    ("  - name: r\n    match: {vendors: [anthropic], models: ['gpt-4o*']}\n",
+     "model pattern 'gpt-4o*' matches no model the vendor catalogue knows for anthropic"),
+    ("  - name: r\n    action: deny\n    max_tokens: 5\n",
+     "rule 'r' denies, so its constraints and limits are never used"),
+    ("  - name: r\n    limits: {agent: {tokens_per_minute: 5000, tokens_per_day: 10}}\n",
+     "tokens_per_minute is above tokens_per_day"),
+    ("  - name: r\n    limits: {agent: {tokens_per_minute: 1000}}\n",
+     "tokens_per_minute 1000 is below 4096, the output estimate of a request that sets no "
+     "max_tokens"),
+])
+def test_warnings_leave_the_policy_loadable(rules: str, message: str) -> None:
+    loaded = policy.parse(HEAD + "rules:\n" + rules, SOURCE)
+    (warning,) = [w for w in loaded.warnings if message in w.message]
+    assert warning.severity == "warning"
+    assert str(warning).startswith(f"{SOURCE}:") and ": warning: " in str(warning)
+
+
+def test_azure_deployment_names_are_not_warned_about() -> None:
+    loaded = policy.parse(HEAD + "rules:\n  - name: r\n    match: {vendors: [azure_openai]}\n"
+                          "    models: [my-deployment]\n", SOURCE)
+    assert loaded.warnings == ()
+
+
+def test_rule_keys_are_read_into_the_rule(tmp_path: Path) -> None:
+    (tmp_path / "prices.yaml").write_text(
+        "version: 1\ncurrency: USD\nprices:\n  openai:\n    gpt-4o: {input: 2.5, output: 10}\n")
+    (tmp_path / "p.yaml").write_text(HEAD + """\
+prices: prices.yaml
+on_limits_unavailable: allow
+rules:
+  - name: r
+    match: {agents: [reader], hosts: [API.OpenAI.com], paths: ['/v1/*']}
+    models: gpt-4o
+    endpoints: chat
+    max_tokens: {cap: 10, over: refuse}
+    tools: [a, 'b*']
+    streaming: false
+    max_request_bytes: 2KiB
+    redact: {pii: mask, PERSON: pseudonymize}
+    key_pool: ['k/{vendor}/1', 'k/{vendor}/2']
+    limits: {agent: {requests_per_minute: 5}, team: {spend_per_month: 12.5}}
+""")
+    loaded = policy.load(tmp_path / "p.yaml")
+    (rule,) = loaded.rules
+    assert rule.match.hosts.patterns == ("api.openai.com",)
+    assert (rule.models.patterns, rule.endpoints) == (("gpt-4o",), frozenset({"chat"}))
+    assert (rule.max_tokens.cap, rule.max_tokens.over) == (10, "refuse")
+    assert (rule.tools("b2"), rule.tools("c"), rule.streaming) == (True, False, False)
+    assert rule.max_request_bytes == 2048 and rule.line == 7
+    assert dict(rule.redact) == {"pii": "mask", "PERSON": "pseudonymize"}
+    assert rule.key_pool == ("k/{vendor}/1", "k/{vendor}/2")
+    assert rule.limits["agent"].requests_per_minute == 5
+    assert rule.limits["team"].spend_per_month == 12.5
+    assert loaded.on_limits_unavailable == "allow"
+    assert loaded.prices is not None and loaded.prices.price("openai", "gpt-4o") is not None
+    assert loaded.secrets.location_for("openai", "reader", "research", rule.key_pool[1]) == \
+        SecretLocation("secret", "k/openai/2", "api_key")

@@ -140,9 +140,9 @@ def parse(text: str, source: str, vendors: Catalogue | None = None,
     doc = Document(text, source)
     reader = _Reader(doc, vendors or catalogue(), base or Path.cwd())
     policy = reader.policy(hashlib.sha256(text.encode()).hexdigest())
-    problems = list(doc.problems) + reader.problems
-    if not any(p.severity == "error" for p in problems):
-        problems += policylint.check(policy, reader.vendors, reader.rule_paths, doc)
+    # lint the parts that parsed even when others did not: every problem at once
+    problems = [*doc.problems, *reader.problems,
+                *policylint.check(policy, reader.vendors, reader.rule_paths, doc)]
     errors = sorted((p for p in problems if p.severity == "error"),
                     key=lambda p: (p.line, p.column))
     if errors:
@@ -336,7 +336,8 @@ class _Reader:
         self.keys(spec, path, _RULE, where)
         if not isinstance(name, str) or not _NAME.match(name):
             self.problem((*path, "name") if "name" in spec else path,
-                         f"every rule needs a `name` (letters, digits, . _ @ -), found {name!r}")
+                         f"every rule needs a `name` (letters, digits, . _ @ -), found "
+                         f"{_kind(name)}")
             return None
         match = self.match(spec.get("match"), (*path, "match"))
         endpoints = None
@@ -502,5 +503,7 @@ class _Reader:
 def _kind(value: Any) -> str:
     if value is None:
         return "nothing"
-    return {dict: "a mapping", list: "a list", str: f"the text {value!r}",
-            bool: f"{str(value).lower()}"}.get(type(value), repr(value))
+    if isinstance(value, bool):  # YAML 1.1 reads yes/no/on/off as booleans
+        return f"{str(value).lower()} (write yes/no/on/off in quotes to mean the word)"
+    return {dict: "a mapping", list: "a list", str: f"the text {value!r}"}.get(
+        type(value), repr(value))

@@ -15,7 +15,12 @@ import time
 import orjson
 from mitmproxy import ctx, exceptions, http
 
-from egressguard.backends.counters import Counters, CountersUnavailable, counters_from_url
+from egressguard.backends.counters import (
+    Counters,
+    CountersUnavailable,
+    InProcessCounters,
+    counters_from_url,
+)
 from egressguard.core import apis, limits
 from egressguard.core.errors import (
     BadRequest,
@@ -56,7 +61,7 @@ def refusal(decision: Decision) -> EgressError:
 
 class Enforce:
     def __init__(self, counters: Counters | None = None) -> None:
-        self.counters = counters
+        self.counters: Counters = counters or InProcessCounters()
         self._settling: set[asyncio.Task[None]] = set()
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
@@ -78,8 +83,6 @@ class Enforce:
 
     def _close(self) -> None:
         """Let go of the counter store (a Redis connection pool, if any)."""
-        if self.counters is None:
-            return
         try:
             asyncio.get_running_loop().create_task(self.counters.close())
         except RuntimeError:  # no loop left at shutdown: the process is ending anyway
@@ -112,7 +115,6 @@ class Enforce:
         scopes = policy.limit_scopes(decision)
         if not scopes:
             return
-        assert self.counters is not None
         buckets = [b for key, spec in scopes for b in limits.buckets(key, spec)]
         price = policy.prices.price(ask.vendor, ask.model) \
             if policy.prices is not None and ask.model else None
@@ -156,7 +158,7 @@ class Enforce:
 
     def _settle(self, flow: http.HTTPFlow) -> None:
         held = flow.metadata.pop(flowstate.RESERVATION, None)
-        if held is None or self.counters is None:
+        if held is None:
             return
         reservation, price = held
         usage: Usage | None = flow.metadata.get(flowstate.USAGE)
@@ -173,7 +175,6 @@ class Enforce:
         task.add_done_callback(self._settling.discard)
 
     async def _settle_quietly(self, reservation: limits.Reservation, actual: limits.Cost) -> None:
-        assert self.counters is not None
         try:
             await self.counters.settle(reservation, actual)
         except CountersUnavailable as err:

@@ -31,6 +31,7 @@ class ServeConfig:
     secret_ttl: float = 60.0
     vault_timeout: float = 2.0
     limits_store: str = ""  # redis:// URL; empty: counters in this process
+    policy_poll: float = 1.0  # seconds; 0: reload on SIGHUP only
     banner: bool = True
 
 
@@ -78,6 +79,7 @@ def mitmproxy_options(config: ServeConfig, ca_files: ca.CaFiles) -> dict[str, ob
         "egressguard_secret_ttl": config.secret_ttl,
         "egressguard_vault_timeout": config.vault_timeout,
         "egressguard_limits_store": config.limits_store,
+        "egressguard_policy_poll": config.policy_poll,
     }
     if config.upstream_ca is not None:
         bundle = ca.trust_bundle(config.state / "upstream-trust.pem", [config.upstream_ca])
