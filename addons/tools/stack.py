@@ -2,7 +2,9 @@
 
 Used by the end-to-end tests, `egressguard demo` and the benchmarks: each process
 starts on a free port, is waited for on a condition (never a fixed sleep) and is
-stopped by process id.
+stopped by process id. `Stack.replica` adds more proxy processes on the same OpenBao,
+fake vendor, token key and CA, as replicas behind a load balancer would run (each
+with its own port, journal and log), e.g. to share limits through one Redis.
 """
 
 from __future__ import annotations
@@ -29,10 +31,11 @@ REPO_POLICY = Path(__file__).resolve().parents[2] / "policies" / "default.yaml"
 
 class Stack:
     def __init__(self, workdir: Path, policy: Path | None = None,
-                 proxy_args: tuple[str, ...] = ()) -> None:
+                 proxy_args: tuple[str, ...] = (), limits_store: str = "") -> None:
         self.workdir = workdir
         self.policy = policy or REPO_POLICY
-        self.proxy_args = proxy_args
+        self.proxy_args = proxy_args  # more `egressguard run` flags
+        self.limits_store = limits_store  # `--limits-store`: "" counts in the proxy process
         self.state = workdir / "var"
         self.journal = workdir / "journal"
         self.certs = workdir / "certs"
@@ -43,6 +46,8 @@ class Stack:
         self._vendor: subprocess.Popen[bytes] | None = None
         self._proxy: subprocess.Popen[bytes] | None = None
         self._authority: tokens.TokenAuthority | None = None
+        self._parent: Stack | None = None  # a replica runs only a proxy, on its parent's parts
+        self._replicas: list[Stack] = []
 
     # -- life cycle ---------------------------------------------------------------------
     def __enter__(self) -> Stack:
@@ -53,6 +58,9 @@ class Stack:
 
     def start(self) -> Stack:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        if self._parent is not None:
+            self.start_proxy()
+            return self
         try:
             self.vault.start()
             self._start_vendor()
@@ -66,10 +74,33 @@ class Stack:
         return self
 
     def stop(self) -> None:
+        """Stop every process this stack started (its replicas' too); a replica stops
+        only its own proxy."""
+        for replica in self._replicas:
+            replica.stop()
         self.stop_proxy()
+        if self._parent is not None:
+            return
         terminate(self._vendor)
         self._vendor = None
         self.vault.stop()
+
+    def replica(self, name: str, policy: Path | None = None,
+                proxy_args: tuple[str, ...] | None = None,
+                limits_store: str | None = None) -> Stack:
+        """Another proxy on this stack's OpenBao, fake vendor, token key and CA, with its
+        own port, journal and log under `workdir/name`; policy, flags and limits store
+        are this stack's unless given. Not started: use `start()` or `with`. Stopped by
+        its own `stop()` or, at the latest, by this stack's."""
+        assert self._authority is not None, "start the stack before adding replicas"
+        other = Stack(self.workdir / name, policy or self.policy,
+                      self.proxy_args if proxy_args is None else proxy_args,
+                      self.limits_store if limits_store is None else limits_store)
+        other.state, other.certs, other.pki = self.state, self.certs, self.pki
+        other.vault, other.vendor_port = self.vault, self.vendor_port
+        other._authority, other._parent = self._authority, self
+        self._replicas.append(other)
+        return other
 
     def start_proxy(self, timeout: float = 30.0) -> None:
         mapping = [f"{host}=127.0.0.1:{self.vendor_port}" for host in VENDOR_HOSTS
@@ -78,7 +109,9 @@ class Stack:
                 "--listen", f"127.0.0.1:{self.proxy_port}", "--policy", str(self.policy),
                 "--state", str(self.state), "--journal", str(self.journal),
                 "--certs", str(self.certs), "--upstream-ca", str(self.pki / "ca.pem"),
-                *[a for m in mapping for a in ("--upstream-map", m)], *self.proxy_args]
+                *[a for m in mapping for a in ("--upstream-map", m)],
+                # always given, so an EGRESSGUARD_LIMITS_STORE around us does not count
+                "--limits-store", self.limits_store, *self.proxy_args]
         env = {"VAULT_ADDR": self.vault.addr, "VAULT_TOKEN": self.vault.root_token}
         self._proxy = spawn(args, log=self.proxy_log, cwd=self.workdir, env=env)
         proc = self._proxy
