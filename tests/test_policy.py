@@ -352,3 +352,17 @@ rules:
     assert loaded.prices is not None and loaded.prices.price("openai", "gpt-4o") is not None
     assert loaded.secrets.location_for("openai", "reader", "research", rule.key_pool[1]) == \
         SecretLocation("secret", "k/openai/2", "api_key")
+
+
+def test_the_digest_is_of_the_files_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_bytes(b"version: 1\r\nrules:\r\n  - name: all\r\n")
+    assert policy.load(path).digest == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_file_that_is_not_utf8_is_a_problem_at_its_first_bad_byte(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_bytes(b"version: 1\n# caf\xe9\n")
+    with pytest.raises(ConfigError) as info:
+        policy.load(path)
+    assert str(info.value) == f"{path}:2:6: policy is not UTF-8 text (byte 0xe9)"

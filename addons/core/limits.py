@@ -23,7 +23,13 @@ from typing import Any, Literal
 
 from egressguard.core.globs import is_glob
 from egressguard.core.vendors import Catalogue, catalogue
-from egressguard.core.yamlsource import ConfigError, Document, Problem, unknown_key_message
+from egressguard.core.yamlsource import (
+    ConfigError,
+    Document,
+    Problem,
+    read_source,
+    unknown_key_message,
+)
 
 Window = Literal["minute", "day", "month"]
 Metric = Literal["requests", "tokens", "spend_micros"]  # the `Cost` field a limit counts
@@ -278,6 +284,7 @@ class PriceTable:
 
     def __init__(self, source: str, entries: Mapping[str, Sequence[tuple[str, Price]]]) -> None:
         self.source = source
+        self.digest = ""  # sha256 of the file, when loaded from one
         self._exact = {vendor: {name: p for name, p in models if not is_glob(name)}
                        for vendor, models in entries.items()}
         self._globs = {vendor: tuple((re.compile(translate(name)), p)
@@ -293,12 +300,10 @@ class PriceTable:
 
 
 def load_prices(path: Path, vendors: Catalogue | None = None) -> PriceTable:
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError([Problem(str(path), 1, 1, "cannot read the price table: "
-                                   f"{exc.strerror}")]) from None
-    return parse_prices(text, str(path), vendors)
+    text, digest = read_source(path, "the price table")
+    table = parse_prices(text, str(path), vendors)
+    table.digest = digest
+    return table
 
 
 def parse_prices(text: str, source: str, vendors: Catalogue | None = None) -> PriceTable:

@@ -35,7 +35,13 @@ from egressguard.core.rules import (
 )
 from egressguard.core.secret import SecretLocation
 from egressguard.core.vendors import Catalogue, catalogue, host_matches, normalize_host
-from egressguard.core.yamlsource import ConfigError, Document, Problem, unknown_key_message
+from egressguard.core.yamlsource import (
+    ConfigError,
+    Document,
+    Problem,
+    read_source,
+    unknown_key_message,
+)
 
 VERSION = 1
 _TOP = ("version", "agents", "teams", "rules", "passthrough", "secrets", "prices",
@@ -125,21 +131,17 @@ class Policy:
 
 
 def load(path: Path, vendors: Catalogue | None = None) -> Policy:
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError([Problem(str(path), 1, 1, f"cannot read policy: {exc.strerror}")]) \
-            from None
-    return parse(text, str(path), vendors, base=path.parent)
+    text, digest = read_source(path, "policy")
+    return parse(text, str(path), vendors, base=path.parent, digest=digest)
 
 
 def parse(text: str, source: str, vendors: Catalogue | None = None,
-          base: Path | None = None) -> Policy:
+          base: Path | None = None, digest: str | None = None) -> Policy:
     """The policy in `text`; ConfigError listing every error (warnings ride along on
     the policy). `base` is where relative file names (the price table) start."""
     doc = Document(text, source)
     reader = _Reader(doc, vendors or catalogue(), base or Path.cwd())
-    policy = reader.policy(hashlib.sha256(text.encode()).hexdigest())
+    policy = reader.policy(digest or hashlib.sha256(text.encode()).hexdigest())
     # lint the parts that parsed even when others did not: every problem at once
     problems = [*doc.problems, *reader.problems,
                 *policylint.check(policy, reader.vendors, reader.rule_paths, doc)]

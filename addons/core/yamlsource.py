@@ -4,7 +4,9 @@ the file:line:column it came from so messages can point at it."""
 from __future__ import annotations
 
 import difflib
+import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -84,6 +86,26 @@ class Document:
             return [self._convert(item, (*path, i)) for i, item in enumerate(node.value)]
         return yaml.SafeLoader(node.value).construct_object(node, deep=True) \
             if node.tag != "tag:yaml.org,2002:str" else node.value
+
+
+def read_source(path: Path, what: str) -> tuple[str, str]:
+    """(text, sha256 of the file's bytes) of a UTF-8 file; ConfigError if unreadable.
+
+    The digest is of the bytes as stored, so it is what `sha256sum` prints, CRLF
+    line ends included."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError([Problem(str(path), 1, 1, f"cannot read {what}: {exc.strerror}")]) \
+            from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        before = raw[:exc.start]
+        line, column = before.count(b"\n") + 1, exc.start - (before.rfind(b"\n") + 1) + 1
+        raise ConfigError([Problem(str(path), line, column, f"{what} is not UTF-8 text "
+                                   f"(byte 0x{raw[exc.start]:02x})")]) from None
+    return text, hashlib.sha256(raw).hexdigest()
 
 
 def unknown_key_message(key: str, allowed: list[str] | tuple[str, ...], where: str) -> str:

@@ -68,22 +68,27 @@ class PolicyLoader:
         """Load the file again; True if the new policy is now in force."""
         assert self.path is not None and self.policy is not None
         async with self._reloading:
-            # parsing a large policy takes milliseconds: let the loop run meanwhile
-            try:
+            # stat before reading: a write that lands while we read is seen next poll
+            before = self._stat(self.policy)
+            try:  # parsing a large policy takes milliseconds: let the loop run meanwhile
                 new = await asyncio.to_thread(policy.load, self.path)
             except ConfigError as exc:
-                self._seen = self._stat(None)
+                if self._stat(self.policy) != before:
+                    return False  # caught mid-write: the next poll reads the finished file
+                self._seen = before
                 log.error("policy %s NOT reloaded (%s): the last good policy (sha256 %s) "
                           "stays in force. Problems:\n%s", self.path, why,
                           self.policy.digest[:12], exc)
                 await self._audit(False, str(exc), _digest_of(self.path))
                 return False
-            self._seen = self._stat(new)
-            if new.digest == self.policy.digest:
+            self._seen = before
+            if _version(new) == _version(self.policy):
                 return True
+            what = "" if new.digest != self.policy.digest else "the price table changed, "
             self._swap(new)
-            log.info("policy %s reloaded (%s): sha256 %s", self.path, why, new.digest[:12])
-            await self._audit(True, f"reloaded ({why})", new.digest)
+            log.info("policy %s reloaded (%s%s): sha256 %s", self.path, what, why,
+                     new.digest[:12])
+            await self._audit(True, f"reloaded ({what}{why})", new.digest)
             return True
 
     def _swap(self, new: policy.Policy) -> None:
@@ -94,8 +99,11 @@ class PolicyLoader:
     async def _watch(self) -> None:
         while (interval := ctx.options.egressguard_policy_poll) > 0:
             await asyncio.sleep(interval)
-            if self._stat(self.policy) != self._seen:
-                await self.reload("file changed")
+            try:
+                if self._stat(self.policy) != self._seen:
+                    await self.reload("file changed")
+            except Exception:  # noqa: BLE001 - the watcher must outlive any one reload
+                log.exception("policy reload failed; the last good policy stays in force")
 
     def _stat(self, loaded: policy.Policy | None) -> tuple[tuple[int, int, int] | None, ...]:
         """What identifies the versions of the policy file and the files it reads."""
@@ -121,6 +129,11 @@ class PolicyLoader:
     def _stamp(self, flow: http.HTTPFlow) -> None:
         flowstate.begin(flow)
         flow.metadata[flowstate.POLICY] = self.policy
+
+
+def _version(loaded: policy.Policy) -> tuple[str, str | None]:
+    """What a policy in force is made of: its file and its price table."""
+    return loaded.digest, loaded.prices.digest if loaded.prices is not None else None
 
 
 def _identity(path: Path) -> tuple[int, int, int] | None:

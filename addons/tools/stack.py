@@ -125,6 +125,12 @@ class Stack:
         terminate(self._proxy)
         self._proxy = None
 
+    def signal_proxy(self, sig: int) -> None:
+        """Send `sig` (e.g. SIGHUP: reload the policy) to the running proxy."""
+        if self._proxy is None or self._proxy.poll() is not None:
+            raise RuntimeError(f"the proxy is not running:\n{self.proxy_output()}")
+        self._proxy.send_signal(sig)
+
     @property
     def proxy_log(self) -> Path:
         return self.workdir / "proxy.log"
