@@ -179,6 +179,21 @@ def test_the_reservation_is_settled_with_the_reported_usage(pipeline) -> None:
     assert by_limit == {"requests_per_minute": 1, "tokens_per_day": 8}
 
 
+def test_prompt_cache_tokens_count_as_input(pipeline) -> None:
+    token = pipeline.token("counted", "red")
+    usage = {"input_tokens": 10, "cache_read_input_tokens": 100,
+             "cache_creation_input_tokens": 1000, "output_tokens": 5}
+    flow = pipeline.send(OPENAI, headers=[("Authorization", f"Bearer {token}")],
+                         body={"model": "gpt-4o-mini", "max_tokens": 10},
+                         upstream=pipeline.Upstream.json({"usage": usage}))
+    assert flow.response.status_code == 200
+    settled(pipeline)
+    spec = flow.metadata["egressguard.policy"].rules[1].limits["agent"]
+    used = pipeline.tctx.master.event_loop.run_until_complete(pipeline.enforce.counters.usage(
+        limits.buckets("rule:counted/agent:counted", spec), time.time()))
+    assert {b.limit: n for b, n in used.items()}["tokens_per_day"] == 1115
+
+
 def test_spend_needs_a_price_for_the_model(pipeline) -> None:
     pipeline.files["policy"].write_text(POLICY.replace("models: [gpt-4o-mini]\n    limits",
                                                        "limits"))
