@@ -17,6 +17,7 @@ demo: $(STAMP)
 	$(EG) demo
 
 bench: $(STAMP) bench-deps
+	$(PY) bench/policy_decide.py
 	$(PY) bench/overhead.py
 
 lint: $(STAMP)
@@ -30,7 +31,7 @@ $(STAMP): pyproject.toml
 
 # Debian packages: curl is an agent in the tests, hey drives the benchmark.
 test-deps: ; @$(MAKE) -s debs TOOLS="curl redis-server"
-bench-deps: ; @$(MAKE) -s debs TOOLS="curl hey"
+bench-deps: ; @$(MAKE) -s debs TOOLS="curl hey redis-server"
 debs:
 	@missing=$$(for t in $(TOOLS); do command -v $$t >/dev/null || echo $$t; done); \
 	if [ -n "$$missing" ]; then \

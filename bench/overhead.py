@@ -11,7 +11,24 @@ latency <= 0.5 ms). Every response must be a 200, and egressguard's audit journa
 hold one record per request it answered, or the run fails: a benchmark of refusals, or
 of a path that skips the audit write, measures nothing.
 
+The same run also measures egressguard with rate limits and budgets on (`--limits`:
+`inproc`, counters in the proxy; `redis`, `--limits-store` pointing at a real
+`redis-server` the bench starts on a free port; `all`, both, the default, about 3.5
+minutes; `none`, the two proxies only, as before, about 1m45s). Those proxies share the
+first one's OpenBao, fake vendor, CA and token key, and load a policy in which
+bench-agent's rule has per-agent request and token limits and its team daily and
+monthly spend limits (with the repo's price table), all far above what the run can
+use: every request is reserved against four counters and nothing is refused. Each
+variant is compared with bare mitmdump and with egressguard without limits, round by
+round. Limits settle only when the vendor reports usage, and the fake's /bench reports
+none, so with limits the run POSTs to /v1/chat/completions instead (every proxy, with
+a placeholder `Authorization` the fake wants and egressguard replaces); the fake's
+record of those requests is cleared after every round. Besides throughput and latency,
+the run reports each proxy's CPU time per request (from /proc, Redis's own included for
+the proxy that uses it), which a shared machine disturbs less than throughput.
+
     .venv/bin/python bench/overhead.py [--rounds 5] [--seconds 4] [--connections auto]
+                                       [--limits none|inproc|redis|all] [--path auto|PATH]
 
 Exit status: 0 when everything ran (whether or not the targets are met), 1 when a
 request failed or the audit check did not add up, 2 when the set-up could not start.
@@ -30,8 +47,8 @@ import subprocess
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,9 +58,31 @@ from egressguard.tools.procs import free_port, port_open, spawn, terminate, wait
 from egressguard.tools.stack import Stack
 
 HERE = Path(__file__).resolve().parent
-URL = "https://api.openai.com/bench"
+REPO = HERE.parent
+VENDOR = "https://api.openai.com"
+BENCH_PATH = "/bench"  # the fake answers {"ok":true} at once and records nothing
+CHAT_PATH = "/v1/chat/completions"  # the fake answers with usage (so limits settle)
 BODY = '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"ping"}]}'
 AGENT = "bench-agent"
+LIMITS = {"none": (), "inproc": ("inproc",), "redis": ("redis",), "all": ("inproc", "redis")}
+EG = "egressguard"
+LIMIT_VARIANTS = {"inproc": "eg+limits", "redis": "eg+limits/redis"}
+# bench-agent under limits no run can reach: every request is counted, none refused
+LIMITS_POLICY = """\
+# bench/overhead.py: bench-agent under limits far above what a run can use
+version: 1
+prices: {prices}
+teams:
+  bench:
+    limits: {{spend_per_day: 1000000, spend_per_month: 10000000}}
+agents:
+  bench-agent: {{team: bench}}
+rules:
+  - name: bench
+    match: {{agents: [bench-agent]}}
+    limits:
+      agent: {{requests_per_minute: 100000000, tokens_per_minute: 10000000000}}
+"""
 CONCURRENCIES = (1, 20)
 TARGET_RATIO = 0.85  # egressguard requests/s over bare mitmdump's
 TARGET_ADDED_P50_MS = 0.5
@@ -102,34 +141,69 @@ def parse_hey(text: str) -> HeyRun:
     return run
 
 
-def hey(proxy: str, concurrency: int, *, seconds: float | None = None,
-        requests: int | None = None, keepalive: bool = True,
+@dataclass(frozen=True)
+class Target:
+    """What hey asks for: the same request through every proxy."""
+
+    path: str = BENCH_PATH
+
+    @property
+    def url(self) -> str:
+        return VENDOR + self.path
+
+    @property
+    def headers(self) -> tuple[str, ...]:
+        # the fake wants a key on every path but /bench: bare mitmdump passes this one
+        # on, egressguard strips it and adds the real one (as for an SDK's placeholder)
+        return () if self.path == BENCH_PATH else ("Authorization: Bearer placeholder",)
+
+
+def hey(proxy: str, concurrency: int, *, target: Target = Target(),
+        seconds: float | None = None, requests: int | None = None, keepalive: bool = True,
         timeout: int = HEY_TIMEOUT) -> HeyRun:
     args = ["hey", "-c", str(concurrency), "-t", str(timeout), "-m", "POST",
             "-T", "application/json", "-d", BODY, "-x", proxy]
+    args += [a for h in target.headers for a in ("-H", h)]
     args += ["-z", f"{seconds}s"] if seconds else ["-n", str(requests or concurrency)]
     if not keepalive:
         args.append("-disable-keepalive")
-    done = subprocess.run([*args, URL], capture_output=True, text=True, check=False)
+    done = subprocess.run([*args, target.url], capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise BenchError(f"hey exited with {done.returncode}: {done.stderr.strip()}")
     return parse_hey(done.stdout)
 
 
-# -- the two proxies ----------------------------------------------------------------------
+# -- the proxies --------------------------------------------------------------------------
 
 
 @dataclass
 class Proxy:
     name: str
     url: str  # for hey -x; egressguard's carries AGENT:TOKEN (hey sends it on CONNECT)
+    target: Target = Target()
+    stack: Stack | None = None  # egressguard's: where its journal is
+    pids: dict[str, int] = field(default_factory=dict)  # processes whose CPU it costs
     served: Counter[int] = field(default_factory=Counter)  # every status hey got, all runs
+    # per concurrency: CPU seconds per process over the measured runs, and requests
+    cpu: dict[int, Counter[str]] = field(default_factory=dict)
+    cpu_requests: Counter[int] = field(default_factory=Counter)
+
+    def measured(self, concurrency: int, seconds: float | None = None, *,
+                 keepalive: bool = True) -> HeyRun:
+        """A run whose processes' CPU time is counted towards CPU per request."""
+        before = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        result = self.run(concurrency, seconds=seconds, keepalive=keepalive)
+        used = self.cpu.setdefault(concurrency, Counter())
+        for name, pid in self.pids.items():
+            used[name] += cpu_seconds(pid) - before[name]
+        self.cpu_requests[concurrency] += result.requests
+        return result
 
     def run(self, concurrency: int, *, seconds: float | None = None,
             requests: int | None = None, keepalive: bool = True,
             timeout: int = HEY_TIMEOUT) -> HeyRun:
-        result = hey(self.url, concurrency, seconds=seconds, requests=requests,
-                     keepalive=keepalive, timeout=timeout)
+        result = hey(self.url, concurrency, target=self.target, seconds=seconds,
+                     requests=requests, keepalive=keepalive, timeout=timeout)
         self.served.update(result.statuses)
         return result
 
@@ -155,21 +229,95 @@ def start_bare_mitmdump(stack: Stack, port: int, log: Path) -> subprocess.Popen[
     return proc
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (from /proc; 0 where there is none)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proxy_pid(stack: Stack) -> int:
+    proc = stack._proxy  # noqa: SLF001 - Stack does not expose the pid; the bench needs it
+    assert proc is not None
+    return proc.pid
+
+
 @contextmanager
-def proxies(workdir: Path) -> Iterator[tuple[Proxy, Proxy, Stack]]:
+def redis_server(workdir: Path) -> Iterator[tuple[str, int]]:
+    """A throw-away in-memory `redis-server` on a free loopback port; (URL, pid)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise BenchError("--limits redis needs `redis-server` (Debian package redis-server; "
+                         "`make test-deps`)")
+    port = free_port()
+    log = workdir / "redis.log"
+    proc = spawn([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                  "--appendonly", "no", "--dir", str(workdir)], log=log)
+    try:
+        def up() -> bool:
+            if proc.poll() is not None:
+                raise BenchError(f"redis-server exited with {proc.returncode}; see {log}")
+            return port_open(port)
+
+        wait_until(up, timeout=10, what="redis-server to listen")
+        yield f"redis://127.0.0.1:{port}/0", proc.pid
+    finally:
+        terminate(proc)
+
+
+def start_variant(stack: Stack, workdir: Path, policy: Path,
+                  proxy_args: tuple[str, ...]) -> Stack:
+    """Another egressguard proxy on `stack`'s OpenBao, fake vendor, CA and token key
+    (so the same agent token works), with its own policy, flags, journal and log.
+    Stop it with `stop_proxy()` only: the rest belongs to `stack`."""
+    other = Stack(workdir, policy=policy, proxy_args=proxy_args)
+    other.vault, other.vendor_port = stack.vault, stack.vendor_port
+    other.state, other.certs, other.pki = stack.state, stack.certs, stack.pki
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        other.start_proxy()
+    except BaseException:
+        other.stop_proxy()  # started but never listened
+        raise
+    return other
+
+
+@contextmanager
+def proxies(workdir: Path, limits: tuple[str, ...] = (),
+            target: Target = Target()) -> Iterator[tuple[Proxy, list[Proxy], Stack]]:
+    """Bare mitmdump, then egressguard without limits and with each of `limits`."""
     stack = Stack(workdir / "stack")
     bare: subprocess.Popen[bytes] | None = None
-    try:
-        stack.start()
-        stack.put_key("openai", "sk-bench-" + secrets.token_hex(16))
-        token = stack.token(AGENT)
-        port = free_port()
-        bare = start_bare_mitmdump(stack, port, workdir / "mitmdump.log")
-        yield (Proxy("bare mitmdump", f"http://127.0.0.1:{port}"),
-               Proxy("egressguard", stack.proxy_url(AGENT, token)), stack)
-    finally:
-        terminate(bare)
-        stack.stop()
+    with ExitStack() as cleanup:
+        try:
+            stack.start()
+            stack.put_key("openai", "sk-bench-" + secrets.token_hex(16))
+            token = stack.token(AGENT)
+            port = free_port()
+            bare = start_bare_mitmdump(stack, port, workdir / "mitmdump.log")
+            egs = [Proxy(EG, stack.proxy_url(AGENT, token), target, stack,
+                         {"proxy": proxy_pid(stack)})]
+            if limits:
+                policy = workdir / "limits-policy.yaml"
+                policy.write_text(LIMITS_POLICY.format(prices=REPO / "policies" / "prices.yaml"))
+            for kind in limits:
+                args: tuple[str, ...] = ()
+                pids = {}
+                if kind == "redis":
+                    url, pids["redis-server"] = cleanup.enter_context(redis_server(workdir))
+                    args = ("--limits-store", url)
+                variant = start_variant(stack, workdir / kind, policy, args)
+                cleanup.callback(variant.stop_proxy)
+                egs.append(Proxy(LIMIT_VARIANTS[kind], variant.proxy_url(AGENT, token),
+                                 target, variant, {"proxy": proxy_pid(variant), **pids}))
+            yield (Proxy("bare mitmdump", f"http://127.0.0.1:{port}", target, None,
+                         {"proxy": bare.pid}), egs, stack)
+        finally:
+            cleanup.close()  # variant proxies before the Redis they use
+            terminate(bare)
+            stack.stop()
 
 
 # -- measuring ----------------------------------------------------------------------------
@@ -186,11 +334,11 @@ STALL_NOTE = (
     "of the upstream-map connection-reuse bug described in bench/RESULTS.md?")
 
 
-def choose_connections(mode: str, bare: Proxy, eg: Proxy) -> tuple[bool, str]:
+def choose_connections(mode: str, *proxies: Proxy) -> tuple[bool, str]:
     """(keep-alive?, why not): kept-alive connections unless they stall or `mode` says no."""
     if mode != "auto":
         return mode == "keepalive", ""
-    stalled = [p.name for p in (bare, eg) if not keepalive_works(p)]
+    stalled = [p.name for p in proxies if not keepalive_works(p)]
     if not stalled:
         return True, ""
     return False, STALL_NOTE.format(who=" and ".join(stalled))
@@ -218,23 +366,32 @@ class Pairs:
                                  for b, e in zip(self.bare, self.eg, strict=True))
 
 
-def measure(bare: Proxy, eg: Proxy, rounds: int, seconds: float, warmup: float,
-            keepalive: bool) -> dict[int, Pairs]:
-    for proxy in (bare, eg):  # connections, leaf certificates, the Vault cache, CPU caches
+Runs = dict[str, list[HeyRun]]  # per proxy name, one run per round
+
+
+def measure(proxies: list[Proxy], rounds: int, seconds: float, warmup: float,
+            keepalive: bool, between_rounds: Callable[[], None] = lambda: None
+            ) -> dict[int, Runs]:
+    for proxy in proxies:  # connections, leaf certificates, the Vault cache, CPU caches
         for c in CONCURRENCIES:
             check(proxy, c, proxy.run(c, seconds=warmup, keepalive=keepalive), "warm-up")
-    results = {c: Pairs() for c in CONCURRENCIES}
+    results: dict[int, Runs] = {c: {p.name: [] for p in proxies} for c in CONCURRENCIES}
     for r in range(rounds):
         for c in CONCURRENCIES:
-            first_bare = (r + c) % 2 == 0  # alternate who goes first
-            for proxy in (bare, eg) if first_bare else (eg, bare):
-                run = check(proxy, c, proxy.run(c, seconds=seconds, keepalive=keepalive),
+            shift = (r + c) % len(proxies)  # rotate who goes first
+            for proxy in proxies[shift:] + proxies[:shift]:
+                run = check(proxy, c, proxy.measured(c, seconds, keepalive=keepalive),
                             f"round {r + 1}")
-                (results[c].bare if proxy is bare else results[c].eg).append(run)
-                print(f"  round {r + 1}  c={c:<3} {proxy.name:<14} {run.rps:8.1f} req/s  "
+                results[c][proxy.name].append(run)
+                print(f"  round {r + 1}  c={c:<3} {proxy.name:<15} {run.rps:8.1f} req/s  "
                       f"p50 {run.p50_ms:7.2f} ms  p99 {run.p99_ms:7.2f} ms  "
                       f"({run.requests} requests)", flush=True)
+        between_rounds()
     return results
+
+
+def pairs(results: dict[int, Runs], base: str, other: str) -> dict[int, Pairs]:
+    return {c: Pairs(runs[base], runs[other]) for c, runs in results.items()}
 
 
 def check(proxy: Proxy, concurrency: int, run: HeyRun, what: str) -> HeyRun:
@@ -244,16 +401,26 @@ def check(proxy: Proxy, concurrency: int, run: HeyRun, what: str) -> HeyRun:
     return run
 
 
-def audit_check(stack: Stack, eg: Proxy) -> str:
-    """One journal record per request egressguard answered, each a 200 for /bench."""
-    records = stack.records()
+def audit_check(eg: Proxy) -> str:
+    """One journal record per request egressguard answered, each a 200 for the path."""
+    assert eg.stack is not None
+    records = eg.stack.records()
     answered = sum(eg.served.values())
+    path = eg.target.path
     ok = sum(1 for r in records
-             if r.get("path") == "/bench" and r.get("status") == 200 and r.get("kind") == "request")
-    line = (f"audit: {len(records)} journal records; {ok} are 200s for /bench, "
-            f"for {eg.served[200]} 200s (of {answered} answers) hey got through egressguard")
+             if r.get("path") == path and r.get("status") == 200 and r.get("kind") == "request")
+    line = (f"audit ({eg.name}): {len(records)} journal records; {ok} are 200s for {path}, "
+            f"for {eg.served[200]} 200s (of {answered} answers) hey got through it")
     if ok != eg.served[200] or len(records) < answered:
         raise BenchError(line + " -- they should match")
+    if eg.name in LIMIT_VARIANTS.values():  # limits on: each request reserved, then settled
+        reserved = sum(1 for r in records if (r.get("limits") or {}).get("state") == "reserved")
+        settled = sum(1 for r in records if (r.get("limits") or {}).get("state") == "reserved"
+                      and (r.get("usage") or {}).get("output_tokens") is not None)
+        line += (f"; {reserved} reserved against the limits, {settled} of them with usage to "
+                 "settle")
+        if reserved != ok or (path == CHAT_PATH and settled != reserved):
+            raise BenchError(line + " -- every request should be")
     return line + " -- OK"
 
 
@@ -286,6 +453,54 @@ def table(results: dict[int, Pairs]) -> str:
     return "\n".join(lines)
 
 
+def limits_table(results: dict[int, Runs], variants: list[str]) -> str:
+    """Each limits variant against bare mitmdump and against egressguard without limits,
+    both as medians of the per-round pairs."""
+    columns = ["concurrency", "proxy", "req/s", "p50 / p99 ms", "ratio to bare",
+               "added p50 ms vs bare", "ratio to egressguard", "added p50 ms vs egressguard",
+               f"throughput >= {TARGET_RATIO:.0%}", f"added p50 <= {TARGET_ADDED_P50_MS} ms"]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for c, runs in results.items():
+        for name in [EG, *variants]:
+            vs_bare = Pairs(runs["bare mitmdump"], runs[name])
+            vs_eg = Pairs(runs[EG], runs[name])
+            ratio, added = vs_bare.ratio(), vs_bare.added_p50()
+            own = ("(base)", "(base)") if name == EG else \
+                (f"{vs_eg.ratio():.1%}", f"{vs_eg.added_p50():+.2f}")
+            lines.append(
+                f"| {c} | {name} | {Pairs.median(runs[name], 'rps'):.1f} "
+                f"| {ms(Pairs.median(runs[name], 'p50_ms'))} / "
+                f"{ms(Pairs.median(runs[name], 'p99_ms'))} "
+                f"| {ratio:.1%} | {added:+.2f} | {own[0]} | {own[1]} "
+                f"| {verdict(ratio >= TARGET_RATIO)} | {verdict(added <= TARGET_ADDED_P50_MS)} |")
+    return "\n".join(lines)
+
+
+def cpu_table(proxies: list[Proxy]) -> str:
+    """CPU time per request of each proxy process (and of Redis for the proxy using it),
+    over all measured runs: steadier than throughput on a shared machine."""
+    columns = ["concurrency", *(p.name for p in proxies)]
+    if len(proxies) > 2:
+        columns += [f"{p.name} minus {EG}" for p in proxies[2:]]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+
+    def per_request(p: Proxy, c: int) -> dict[str, float]:
+        n = p.cpu_requests[c] or 1
+        return {name: 1000 * s / n for name, s in p.cpu.get(c, Counter()).items()}
+
+    for c in CONCURRENCIES:
+        cells, totals = [str(c)], {}
+        for p in proxies:
+            ms_by = per_request(p, c)
+            totals[p.name] = sum(ms_by.values())
+            extra = [f"{v:.2f} {k}" for k, v in ms_by.items() if k != "proxy"]
+            cells.append(f"{ms_by.get('proxy', 0):.2f}" + (f" (+ {', '.join(extra)})"
+                                                           if extra else ""))
+        cells += [f"{totals[p.name] - totals[EG]:+.2f}" for p in proxies[2:]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def machine() -> str:
     cpu = "unknown CPU"
     try:
@@ -312,8 +527,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--connections", choices=("auto", "keepalive", "new"), default="auto",
                    help="keepalive: clients reuse connections (as SDKs do); new: one "
                         "connection per request; auto: keepalive unless it stalls")
+    p.add_argument("--limits", choices=tuple(LIMITS), default="all",
+                   help="also measure egressguard with limits on: counters in the proxy "
+                        "(inproc), in a local redis-server (redis), both (all, the default), "
+                        "or neither (none: bare vs egressguard only, as before)")
+    p.add_argument("--path", default="auto",
+                   help=f"the vendor path hey POSTs to; auto: {BENCH_PATH} without limits, "
+                        f"{CHAT_PATH} with them (the fake reports usage there, so "
+                        "reservations are settled)")
     p.add_argument("--keep", action="store_true", help="keep the work directory and logs")
     args = p.parse_args(argv)
+    limits = LIMITS[args.limits]
+    path = args.path if args.path != "auto" else CHAT_PATH if limits else BENCH_PATH
+    if not path.startswith("/"):
+        p.error(f"--path is a URL path starting with /, found {path!r}")
+    target = Target(path)
     if shutil.which("hey") is None:
         print("bench: `hey` is not installed (Debian package `hey`; `make bench-deps`)",
               file=sys.stderr)
@@ -325,20 +553,33 @@ def main(argv: list[str] | None = None) -> int:
     status = 2
     print(f"egressguard overhead benchmark -- {machine()}", flush=True)
     try:
-        with proxies(workdir) as (bare, eg, stack):
+        with proxies(workdir, limits, target) as (bare, egs, stack):
             status = 1
-            keepalive, stall = choose_connections(args.connections, bare, eg)
+            everyone = [bare, *egs]
+            keepalive, stall = choose_connections(args.connections, *everyone)
             how = "kept-alive connections" if keepalive else "a new connection per request"
             if stall:
-                print(f"NOTE: {stall}.\nMeasuring both proxies with a new connection per "
+                print(f"NOTE: {stall}.\nMeasuring every proxy with a new connection per "
                       "request (hey -disable-keepalive) instead.\n", flush=True)
-            print(f"POST {URL} ({len(BODY)}-byte JSON body), {how}; {args.rounds} rounds of "
-                  f"{args.seconds:g} s per proxy and concurrency, after {args.warmup:g} s "
-                  "warm-ups", flush=True)
-            results = measure(bare, eg, args.rounds, args.seconds, args.warmup, keepalive)
+            print(f"POST {target.url} ({len(BODY)}-byte JSON body), {how}; {args.rounds} "
+                  f"rounds of {args.seconds:g} s per proxy and concurrency, after "
+                  f"{args.warmup:g} s warm-ups; proxies: "
+                  + ", ".join(p.name for p in everyone), flush=True)
+            # the fake keeps every request but /bench for tests to read: not millions
+            forget = stack.reset_received if path != BENCH_PATH else (lambda: None)
+            results = measure(everyone, args.rounds, args.seconds, args.warmup, keepalive,
+                              forget)
             print(f"\nMedians of {args.rounds} rounds, {how} (ratio and added p50: medians "
-                  f"of the per-round pairs):\n\n{table(results)}\n")
-            print(audit_check(stack, eg))
+                  f"of the per-round pairs):\n\n{table(pairs(results, bare.name, EG))}\n")
+            if limits:
+                print("With limits (reserve before forwarding, settle on the response; "
+                      "4 counters per request, none ever full), against bare mitmdump and "
+                      "against egressguard without limits in the same rounds:\n\n"
+                      + limits_table(results, [p.name for p in egs[1:]]) + "\n")
+            print("CPU milliseconds per request (user + system, from /proc, over the "
+                  f"measured rounds):\n\n{cpu_table(everyone)}\n")
+            for eg in egs:
+                print(audit_check(eg))
             if stall:
                 print(f"NOTE: measured without keep-alive because {stall}.")
             status = 0

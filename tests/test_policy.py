@@ -156,8 +156,9 @@ NOT_A_HOST = "is not a host name or `*.domain` pattern (no schemes, ports or pat
     ("version: 1\nsecrets:\n  teams: [a]\n",
      3, 3, "`secrets.teams` maps a name to a path template"),
     ("version: 1\npassthrough: [pypi.org\n",
-     3, 1, "not valid YAML: expected ',' or ']', but got '<stream end>'"),
-    ("version: 1\n  bad: indent\n", 2, 6, "not valid YAML: mapping values are not allowed here"),
+     3, 1, "not valid YAML: did not find expected ',' or ']'"),  # libyaml's words
+    ("version: 1\n  bad: indent\n", 2, 6,
+     "not valid YAML: mapping values are not allowed in this context"),
     ("version: 1\n---\nversion: 1\n", 2, 1, "not valid YAML: but found another document"),
     ("", 1, 1, "a policy is a mapping with at least `version: 1`"),
     ("# only a comment\n", 1, 1, "a policy is a mapping with at least `version: 1`"),

@@ -246,7 +246,7 @@ def test_the_per_caller_cache_is_bounded() -> None:
     loaded = policy.parse("version: 1\nrules:\n  - name: all\n", "p.yaml")
     for i in range(5000):
         assert loaded.decide(make_ask(agent=f"agent-{i}")).allowed
-    assert len(loaded.evaluator._callers) <= 4096
+    assert len(loaded.evaluator._callers) <= 65536
 
 
 @pytest.mark.parametrize("general, specific, covers", [

@@ -22,12 +22,14 @@ def is_glob(pattern: str) -> bool:
 class Globs:
     patterns: tuple[str, ...]
     _literals: frozenset[str] = field(init=False, repr=False, compare=False)
+    _globs: tuple[str, ...] = field(init=False, repr=False, compare=False)
     _regex: re.Pattern[str] | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        globs = [p for p in self.patterns if is_glob(p)]
+        globs = tuple(p for p in self.patterns if is_glob(p))
         object.__setattr__(self, "_literals",
                            frozenset(p for p in self.patterns if not is_glob(p)))
+        object.__setattr__(self, "_globs", globs)
         object.__setattr__(self, "_regex", re.compile(
             "|".join(f"(?:{fnmatch.translate(p)})" for p in globs)) if globs else None)
 
@@ -38,8 +40,8 @@ class Globs:
     def covers(self, other: Globs) -> bool:
         """True when every value `other` matches is also matched here (conservative:
         False when it cannot tell)."""
-        return all(any(_covers(mine, theirs) for mine in self.patterns)
-                   for theirs in other.patterns)
+        return all(self(name) for name in other._literals) and all(
+            any(_covers(mine, theirs) for mine in self.patterns) for theirs in other._globs)
 
 
 def _covers(general: str, specific: str) -> bool:

@@ -64,8 +64,9 @@ def covers(a: Match, b: Match) -> bool:
     def globs(x: Globs | None, y: Globs | None) -> bool:
         return x is None or (y is not None and x.covers(y))
 
-    return (globs(a.agents, b.agents) and globs(a.teams, b.teams) and a.labels <= b.labels
+    return (a.labels <= b.labels  # the cheap set checks first: this runs for every pair
             and (a.vendors is None or (b.vendors is not None and b.vendors <= a.vendors))
+            and globs(a.agents, b.agents) and globs(a.teams, b.teams)
             and globs(a.hosts, b.hosts) and globs(a.paths, b.paths)
             and globs(a.models, b.models))
 
@@ -97,7 +98,7 @@ def _models(vendors: Catalogue, rule: Rule, path: Path_, at) -> None:  # type: i
         return  # only customer-named models (Azure deployments) in scope
     for where, globs in ((("match", "models"), rule.match.models), (("models",), rule.models)):
         for i, pattern in enumerate(globs.patterns if globs else ()):
-            if not any(Globs((pattern,))(m) for m in known):
+            if not any(map(Globs((pattern,)), known)):
                 at((*path, *where, i), f"model pattern {pattern!r} matches no model the "
                    f"vendor catalogue knows for {', '.join(v.name for v in scope)}; check "
                    "the spelling", "warning")
