@@ -236,6 +236,13 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
     return policycli.explain(args.policy, request)
 
 
+# -- scan -------------------------------------------------------------------------------
+def cmd_scan(args: argparse.Namespace) -> int:
+    from egressguard.tools import scancli
+
+    return scancli.scan(args.file, args.redact, args.policy)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from egressguard.tools import demo
 
@@ -339,6 +346,16 @@ def parser() -> argparse.ArgumentParser:
     pe.add_argument("--tool", action="append", help="a tool the request offers (repeatable)")
     pe.add_argument("--stream", action="store_true")
     pe.set_defaults(func=cmd_policy_explain)
+
+    sc = sub.add_parser("scan", help="find PII and secrets in a text: JSON offsets, or "
+                        "the text redacted")
+    sc.add_argument("file", type=Path, nargs="?", metavar="FILE",
+                    help="the text to scan (default, or -: standard input)")
+    sc.add_argument("--redact", action="store_true",
+                    help="print the text with each finding replaced by <ENTITY>")
+    sc.add_argument("--policy", type=Path, metavar="FILE",
+                    help="only the entity types this policy's redaction plans name")
+    sc.set_defaults(func=cmd_scan)
 
     sub.add_parser("demo", help="the whole path on this machine, no vendor account "
                    "needed").set_defaults(func=cmd_demo)

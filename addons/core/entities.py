@@ -16,6 +16,9 @@ SECRETS = (
     "OPENAI_API_KEY", "ANTHROPIC_API_KEY", "ANTHROPIC_OAUTH_TOKEN", "AWS_ACCESS_KEY",
     "GITHUB_TOKEN", "SLACK_TOKEN", "GOOGLE_API_KEY", "STRIPE_SECRET_KEY", "PRIVATE_KEY",
     "JWT", "GENERIC_SECRET",
+    # other vendors' keys and common developer tokens with a distinctive prefix
+    "GROQ_API_KEY", "OPENROUTER_API_KEY", "XAI_API_KEY", "DEEPSEEK_API_KEY",
+    "TOGETHER_API_KEY", "HUGGINGFACE_TOKEN", "GITLAB_TOKEN",
 )
 GROUPS = {"pii": PII, "secrets": SECRETS}
 NER = frozenset({"PERSON", "LOCATION"})  # need the NLP model; everything else is patterns
