@@ -18,6 +18,7 @@ def __getattr__(name: str) -> Any:
     from egressguard.pipeline.identity import Identity
     from egressguard.pipeline.inject import Inject
     from egressguard.pipeline.policyload import PolicyLoader
+    from egressguard.pipeline.redact import Redact
     from egressguard.pipeline.response import ResponseWatch
     from egressguard.pipeline.upstream import UpstreamMap
     from egressguard.pipeline.vendor import VendorRequest
@@ -31,6 +32,7 @@ def __getattr__(name: str) -> Any:
         # before Enforce: its `response` reads the usage this one finds
         ResponseWatch(),  # SSE streamed unbuffered; usage read; key echoes scrubbed
         Enforce(),  # policy rules, clamps, limits reserved (and settled at the end)
+        Redact(),  # PII and secrets masked, pseudonymised or blocked per the rule's plan
         Inject(),  # strip agent credentials, add the real key from Vault
         UpstreamMap(),  # air-gapped sites: where a vendor host is reached
         Audit(),  # one hash-chained record per flow, durable before the answer

@@ -52,6 +52,7 @@ class RequestFacts:
     rule: str | None = None
     clamps: dict[str, Any] | None = None
     limits: dict[str, Any] | None = None
+    redactions: dict[str, dict[str, int]] | None = None
     message: str | None = None
     status: int | None = None
     error: str | None = None
@@ -95,6 +96,7 @@ def build(facts: RequestFacts) -> dict[str, Any]:
         "rule": facts.rule,
         "clamps": facts.clamps,
         "limits": facts.limits,
+        "redactions": facts.redactions,
         "message": text(facts.message),
         "status": facts.status,
         "error": text(facts.error),

@@ -55,6 +55,7 @@ def facts(flow: http.HTTPFlow) -> records.RequestFacts:
         f.team = decision.team
     f.clamps = meta.get(flowstate.CLAMPS)
     f.limits = meta.get(flowstate.LIMITS)
+    f.redactions = meta.get(flowstate.REDACTIONS)
     if dest is not None and dest.vendor is not None:
         f.vendor = dest.vendor.name
     if info is not None:

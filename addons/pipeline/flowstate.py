@@ -37,6 +37,8 @@ DECISION = "egressguard.decision"  # rules.Decision of an intercepted request
 CLAMPS = "egressguard.clamps"  # {field: {"from": asked, "to": sent}}
 LIMITS = "egressguard.limits"  # limit state, as recorded in the audit record
 RESERVATION = "egressguard.reservation"  # limits reserved, settled when the flow ends
+REDACTIONS = "egressguard.redactions"  # {entity: {action: count}}, for the audit record
+REIDENTIFY = "egressguard.reidentify"  # (Reidentifier, json_output): pseudonyms to restore
 AUDITED = "egressguard.audited"
 
 REQUEST_ID_HEADER = "x-egressguard-request-id"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from mitmproxy import http
 
 from egressguard.core import usage
@@ -14,10 +16,12 @@ class StreamTap:
     bytes, takes out what egressguard's own request for usage added (`hide_usage`),
     and passes each chunk on as it arrives, minus any real-key echo."""
 
-    def __init__(self, scrubber: KeyScrubber, hide_usage: bool = False) -> None:
+    def __init__(self, scrubber: KeyScrubber, hide_usage: bool = False,
+                 restore: Callable[[bytes], bytes] | None = None) -> None:
         self.scrubber = scrubber
         self.sse = usage.SseUsage()
         self.hide = usage.UsageChunkFilter() if hide_usage else None
+        self.restore = restore  # pseudonyms back to the agent's own values, last
         self.bytes = 0
 
     def __call__(self, chunk: bytes) -> bytes | list[bytes]:
@@ -31,6 +35,8 @@ class StreamTap:
         else:  # the end: what the filter held, then what the scrubber held
             rest = self.hide(b"")
             out = (self.scrubber(rest) if rest else b"") + self.scrubber(b"")
+        if self.restore is not None:  # b"" ends its stream too: only at the end
+            out = (self.restore(out) if out else b"") + (b"" if chunk else self.restore(b""))
         # mitmproxy sends b"" as a chunk of its own, which in a chunked HTTP/1 response
         # is the last one: the agent would see its stream end here. Send nothing.
         return out if out or not chunk else []
@@ -44,8 +50,10 @@ class ResponseWatch:
         if flowstate.REFUSAL in flow.metadata:
             return
         if flow.response.headers.get("content-type", "").startswith("text/event-stream"):
+            reidentify = flow.metadata.get(flowstate.REIDENTIFY)
             tap = StreamTap(KeyScrubber(self._keys(flow)),
-                            hide_usage=bool(flow.metadata.get(flowstate.HIDE_STREAM_USAGE)))
+                            hide_usage=bool(flow.metadata.get(flowstate.HIDE_STREAM_USAGE)),
+                            restore=reidentify[0].stream(reidentify[1]) if reidentify else None)
             flow.response.stream = tap
             # filled as events pass: complete even if the agent hangs up after the last one
             flow.metadata[flowstate.USAGE] = tap.sse.usage
@@ -62,7 +70,9 @@ class ResponseWatch:
         if "json" in response.headers.get("content-type", ""):
             flow.metadata[flowstate.USAGE] = usage.from_body(body)
         clean = KeyScrubber(self._keys(flow)).scrub(body)
-        if clean is not body:  # scrub returns its input untouched when nothing matched
+        if reidentify := flow.metadata.get(flowstate.REIDENTIFY):
+            clean = reidentify[0].buffered(clean)
+        if clean is not body:  # both return their input untouched when nothing matched
             response.content = clean
 
     @staticmethod

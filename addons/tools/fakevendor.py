@@ -5,7 +5,8 @@ It speaks enough of the OpenAI (and Azure), Anthropic and Gemini HTTP APIs for t
 official SDKs to parse its replies, records every request it receives, and serves one
 certificate (from `make_pki`) covering every vendor host name, so a proxy can route to
 it with an upstream map while keeping the real SNI and Host. The request's `model`
-drives test behaviour: `slow-stream`, `echo-headers`, `error-500`.
+drives test behaviour: `slow-stream`, `echo-headers`, `echo` (answers with the last
+message's text), `error-500`.
 
     python -m egressguard.tools.fakevendor --listen 127.0.0.1:0 --pki-dir DIR
 """
@@ -182,6 +183,14 @@ class Reply:
     delay: float = 0.0  # pause between streamed events
 
 
+def _last_text(payload: dict[str, Any]) -> str:
+    messages = payload.get("messages") or [{}]
+    content = messages[-1].get("content", "") if isinstance(messages[-1], dict) else ""
+    if isinstance(content, list):  # parts / blocks
+        content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return content if isinstance(content, str) else ""
+
+
 @dataclass
 class _Call:
     req: Received
@@ -197,6 +206,8 @@ class _Call:
     def text(self) -> str:
         if self.model == "echo-headers":
             return "\n".join(f"{name}: {value}" for name, value in self.req.headers)
+        if self.model == "echo":  # the last message's text, as this vendor received it
+            return _last_text(self.payload)
         return f"Hello from fake {self.vendor}"
 
     @property
@@ -260,7 +271,7 @@ def handle(req: Received) -> Reply:
     if req.method == "GET" and req.path.endswith("/models"):
         return _json(200, {"object": "list", "data": [
             {"id": m, "object": "model", "created": 0, "owned_by": "egressguard-fake"}
-            for m in ("gpt-4o-mini", "slow-stream", "echo-headers", "error-500")]})
+            for m in ("gpt-4o-mini", "slow-stream", "echo-headers", "echo", "error-500")]})
     return _error(vendor, 404, f"the fake vendor has no route for {req.method} {req.path}")
 
 

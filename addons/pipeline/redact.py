@@ -1,0 +1,117 @@
+"""Redaction of what an agent sends, on the deciding rule's plan.
+
+Every text field the vendor would read (`redact.fields`) is scanned: patterns and
+validators for secrets and structured PII (`redact.detect`), Presidio NER for
+PERSON/LOCATION only when the plan names them (`backends.ner`, in a worker thread).
+Findings are cached per text by content digest, so the history a conversation
+re-sends on every turn costs a dictionary lookup. Then per finding: mask,
+pseudonymize (restored in the answer by ResponseWatch), block (the request is
+refused, naming the entity types, never the values) or log (counted).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import OrderedDict
+
+import orjson
+from mitmproxy import http
+
+from egressguard.backends.ner import NerEngine, NerUnavailable
+from egressguard.core import apis, entities
+from egressguard.core.errors import PolicyDenied
+from egressguard.core.redact import Finding, actions, fields
+from egressguard.core.redact.detect import Detector, default_detector
+from egressguard.pipeline import flowstate
+
+log = logging.getLogger(__name__)
+_CACHE_ENTRIES = 16384
+
+
+class Redact:
+    def __init__(self, detector: Detector | None = None, ner: NerEngine | None = None) -> None:
+        self.detector = detector
+        self.ner = ner
+        self.pseudonyms = actions.PseudonymStore()
+        self._found: OrderedDict[bytes, list[Finding]] = OrderedDict()
+
+    def done(self) -> None:
+        if self.ner is not None:
+            self.ner.close()
+
+    @flowstate.fail_closed
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if not flowstate.is_live_request(flow):
+            return
+        decision = flow.metadata.get(flowstate.DECISION)
+        if decision is None or decision.rule is None or not decision.rule.redact:
+            return
+        plan = actions.plan(decision.rule.redact)
+        vendor = flow.metadata[flowstate.DESTINATION].vendor
+        body = flow.metadata[flowstate.REQUEST].body
+        endpoint = apis.endpoint(vendor, flow.request.method, flow.request.path.split("?")[0])
+        rule = decision.rule.name
+        if flow.request.raw_content and (body is None or not fields.covered(vendor.api,
+                                                                            endpoint)):
+            flowstate.refuse(flow, PolicyDenied(
+                f"policy rule {rule!r} redacts {', '.join(sorted(decision.rule.redact))}, and "
+                f"egressguard cannot read the text of this {endpoint} request to "
+                f"{flow.request.path.split('?')[0]}", reason="redaction_not_possible"))
+            return
+        if body is None:
+            return
+        opening = fields.opening(vendor.api, endpoint, body)
+        pseudonyms = self.pseudonyms.conversation(actions.conversation_key(
+            decision.agent or "", opening)) if opening else actions.Pseudonyms()
+        try:
+            outcomes = [o for slot in fields.text_slots(vendor.api, endpoint, body)
+                        if (o := await self._redact(slot, plan, pseudonyms)) is not None]
+        except NerUnavailable as err:
+            log.warning("refusing a request: %s", err.message)
+            flowstate.refuse(flow, err)
+            return
+        counts = actions.audit_counts(outcomes)
+        flow.metadata[flowstate.REDACTIONS] = counts or None
+        if blocked := sorted({t for o in outcomes for t in o.blocked}):
+            flowstate.refuse(flow, PolicyDenied(
+                f"the request contains {', '.join(blocked)}, which policy rule {rule!r} does "
+                "not let leave; remove it and send again", reason="redaction_blocked"))
+            return
+        if any(o.changed for o in outcomes):
+            flow.request.content = orjson.dumps(body)
+        if tokens := frozenset().union(*(o.tokens for o in outcomes)):
+            flow.metadata[flowstate.REIDENTIFY] = (
+                actions.Reidentifier(pseudonyms, only=tokens),
+                fields.json_output(vendor.api, endpoint, body))
+
+    async def _redact(self, slot: fields.Slot, plan: dict[str, str],
+                      pseudonyms: actions.Pseudonyms) -> actions.Outcome | None:
+        text = slot.text
+        found = self._structured(text, plan)
+        if ner := entities.NER.intersection(plan):
+            if self.ner is None:
+                self.ner = NerEngine()
+            found = sorted([*found, *await self.ner.find(text, ner)], key=lambda f: f.start)
+        if not found:
+            return None
+        outcome = actions.apply(text, found, plan, pseudonyms)
+        if outcome.changed:
+            slot.set(outcome.text)
+        return outcome
+
+    def _structured(self, text: str, plan: dict[str, str]) -> list[Finding]:
+        """Pattern findings of every type in `plan`, cached by the text's digest."""
+        key = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16,
+                              person=b"egressguard").digest()
+        found = self._found.get(key)
+        if found is None:
+            if self.detector is None:
+                self.detector = default_detector()
+            found = self.detector.find(text)  # every type: the cache serves every plan
+            self._found[key] = found
+            if len(self._found) > _CACHE_ENTRIES:
+                self._found.popitem(last=False)
+        else:
+            self._found.move_to_end(key)
+        return [f for f in found if f.entity in plan]

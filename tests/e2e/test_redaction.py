@@ -1,0 +1,84 @@
+"""Redaction end to end: the real proxy, the openai and anthropic SDKs, Presidio for
+names. The vendor never sees the values; the agent gets its own values back where
+they were pseudonymised; the journal holds counts, never values."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import openai
+import pytest
+
+from egressguard.tools.stack import Stack
+
+pytestmark = pytest.mark.e2e
+
+EMAIL = "maria.lopez@example.org"
+NAME = "Maria Lopez"
+SECRET = "sk-ant-oat01-" + "Q7x" * 30  # synthetic, shaped like an Anthropic OAuth token
+POLICY = """\
+version: 1
+agents:
+  support-bot: {}
+rules:
+  - name: support-redacted
+    match: {agents: [support-bot]}
+    redact: {EMAIL_ADDRESS: mask, PERSON: pseudonymize, secrets: block}
+"""
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    workdir = tmp_path_factory.mktemp("redaction")
+    (workdir / "policy.yaml").write_text(POLICY)
+    with Stack(workdir, policy=workdir / "policy.yaml") as s:
+        yield s
+
+
+def vendor_text(stack: Stack) -> str:
+    return str(stack.received()[-1]["body"])
+
+
+def ask(client: openai.OpenAI, text: str, **kw: Any) -> Any:
+    return client.chat.completions.create(
+        model="echo", messages=[{"role": "user", "content": text}], **kw)
+
+
+def test_the_vendor_sees_pseudonyms_and_masks_the_agent_its_names(
+        stack: Stack, keys: dict[str, str], openai_client) -> None:
+    client = openai_client(api_key=stack.token("support-bot"))
+    answer = ask(client, f"Please reply to {NAME} at {EMAIL} about the refund.")
+    seen = vendor_text(stack)
+    assert NAME not in seen and EMAIL not in seen
+    assert "<PERSON_1>" in seen and "<EMAIL_ADDRESS>" in seen
+    # the echo comes back with the name restored; the mask stays a mask
+    assert answer.choices[0].message.content == \
+        f"Please reply to {NAME} at <EMAIL_ADDRESS> about the refund."
+    record = stack.wait_records(1)[-1]
+    assert record["redactions"] == {"EMAIL_ADDRESS": {"mask": 1},
+                                    "PERSON": {"pseudonymize": 1}}
+    journal = b"".join(p.read_bytes() for p in stack.journal.glob("*.jsonl")).decode()
+    assert NAME not in journal and EMAIL not in journal
+
+
+def test_a_streamed_answer_gets_its_names_back(stack: Stack, keys: dict[str, str],
+                                               openai_client) -> None:
+    client = openai_client(api_key=stack.token("support-bot"))
+    stream = ask(client, f"Tell {NAME} the parcel left Madrid.", stream=True)
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert text == f"Tell {NAME} the parcel left Madrid."
+    assert NAME not in vendor_text(stack)
+
+
+def test_a_secret_is_refused_by_type_never_by_value(stack: Stack, keys: dict[str, str],
+                                                    openai_client) -> None:
+    before = len(stack.received())
+    client = openai_client(api_key=stack.token("support-bot"))
+    with pytest.raises(openai.PermissionDeniedError) as info:
+        ask(client, f"my claude token is {SECRET}.")
+    assert "ANTHROPIC_OAUTH_TOKEN" in str(info.value) and SECRET not in str(info.value)
+    assert len(stack.received()) == before  # nothing reached the vendor
+    record = stack.wait_records(1)[-1]
+    assert (record["reason"], record["redactions"]) == (
+        "redaction_blocked", {"ANTHROPIC_OAUTH_TOKEN": {"block": 1}})

@@ -1,0 +1,120 @@
+"""Redaction in the pipeline: what the vendor receives, what the agent gets back, what
+the audit record says (counts, never values)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+OPENAI = "api.openai.com"
+EMAIL = "jane.roe@example.com"
+SECRET = "ghp_" + "Zq8" * 12  # synthetic, shaped like a GitHub token
+POLICY = """\
+version: 1
+agents:
+  masker: {}
+  pseudo: {}
+rules:
+  - name: mask-email-block-secrets
+    match: {agents: [masker]}
+    redact: {EMAIL_ADDRESS: mask, secrets: block}
+  - name: pseudonymize-email
+    match: {agents: [pseudo]}
+    redact: {EMAIL_ADDRESS: pseudonymize}
+  - name: everyone-else
+"""
+
+
+@pytest.fixture
+def policy_yaml() -> str:
+    return POLICY
+
+
+def chat(pipeline, agent: str, text: str, path: str = "/v1/chat/completions",
+         upstream=None, **body: Any):
+    token = pipeline.token(agent)
+    return pipeline.send(OPENAI, path, headers=[("Authorization", f"Bearer {token}")],
+                         body={"model": "gpt-4o-mini", "messages": [
+                             {"role": "system", "content": "be brief"},
+                             {"role": "user", "content": text}], **body},
+                         upstream=upstream)
+
+
+def sent(flow) -> str:
+    return orjson.loads(flow.request.content)["messages"][1]["content"]
+
+
+def test_an_email_is_masked_before_it_leaves_and_counted(pipeline) -> None:
+    flow = chat(pipeline, "masker", f"mail {EMAIL} and {EMAIL.upper()} today")
+    assert flow.response.status_code == 200
+    assert sent(flow) == "mail <EMAIL_ADDRESS> and <EMAIL_ADDRESS> today"
+    [record] = pipeline.records()
+    assert record["redactions"] == {"EMAIL_ADDRESS": {"mask": 2}}
+    assert EMAIL not in pipeline.journal_bytes().decode()
+
+
+def test_a_secret_blocks_the_request_naming_only_its_type(pipeline) -> None:
+    flow = chat(pipeline, "masker", f"my token is {SECRET}, please debug")
+    assert flow.response.status_code == 403
+    error = orjson.loads(flow.response.content)["error"]
+    assert error["code"] == "redaction_blocked"
+    assert error["message"] == ("the request contains GITHUB_TOKEN, which policy rule "
+                                "'mask-email-block-secrets' does not let leave; remove it and "
+                                "send again")
+    assert pipeline.store.asked == []  # no key fetched: nothing was forwarded
+    [record] = pipeline.records()
+    assert record["redactions"] == {"GITHUB_TOKEN": {"block": 1}}
+    assert SECRET not in pipeline.journal_bytes().decode()
+
+
+def test_a_rule_without_a_plan_sends_the_text_untouched(pipeline) -> None:
+    flow = chat(pipeline, "someone", f"mail {EMAIL}")
+    assert sent(flow) == f"mail {EMAIL}"
+    assert pipeline.records()[0]["redactions"] is None
+
+
+def test_pseudonyms_go_out_and_the_agent_gets_its_values_back(pipeline) -> None:
+    answer = pipeline.Upstream.json({"choices": [{"message": {
+        "role": "assistant", "content": "I wrote to <EMAIL_ADDRESS_1>."}}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 5}})
+    flow = chat(pipeline, "pseudo", f"write to {EMAIL}", upstream=answer)
+    assert sent(flow) == "write to <EMAIL_ADDRESS_1>"
+    assert orjson.loads(flow.response.content)["choices"][0]["message"]["content"] == \
+        f"I wrote to {EMAIL}."
+    assert pipeline.records()[0]["redactions"] == {"EMAIL_ADDRESS": {"pseudonymize": 1}}
+
+
+def test_pseudonyms_split_across_stream_events_are_restored(pipeline) -> None:
+    def event(text: str) -> bytes:
+        return b"data: " + orjson.dumps({"choices": [{"index": 0, "delta": {
+            "content": text}}]}) + b"\n\n"
+
+    stream = pipeline.Upstream.sse(event("To <EMAIL"), event("_ADDRESS_1"), event(">, done"),
+                                   b"data: [DONE]\n\n")
+    token = pipeline.token("pseudo")
+    flow = pipeline.request(pipeline.tunnel(OPENAI), headers=[
+        ("Authorization", f"Bearer {token}")], body={"model": "gpt-4o-mini", "stream": True,
+                                                     "messages": [{"role": "user",
+                                                                   "content": f"to {EMAIL}"}]})
+    received = pipeline.run(flow, upstream=stream)
+    text = "".join(orjson.loads(line[6:])["choices"][0]["delta"]["content"]
+                   for line in received.split(b"\n\n") if line.startswith(b"data: {"))
+    assert text == f"To {EMAIL}, done"
+    assert flow.response.status_code == 200
+
+
+def test_a_request_whose_text_cannot_be_read_is_refused_under_a_plan(pipeline) -> None:
+    token = pipeline.token("masker")
+    flow = pipeline.send(OPENAI, "/v1/files", headers=[("Authorization", f"Bearer {token}")],
+                         body=b"--boundary\r\nopaque\r\n")
+    assert flow.response.status_code == 403
+    assert orjson.loads(flow.response.content)["error"]["code"] == "redaction_not_possible"
+
+
+def test_unchanged_history_is_scanned_once(pipeline) -> None:
+    for _ in range(3):
+        chat(pipeline, "masker", f"mail {EMAIL}")
+    assert len(pipeline.redact._found) == 2  # the system prompt and the user turn
+    assert all(r["redactions"] == {"EMAIL_ADDRESS": {"mask": 1}} for r in pipeline.records())
