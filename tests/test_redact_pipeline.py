@@ -3,10 +3,14 @@ the audit record says (counts, never values)."""
 
 from __future__ import annotations
 
+import gzip
+import zlib
 from typing import Any
 
+import brotli
 import orjson
 import pytest
+import zstandard
 
 OPENAI = "api.openai.com"
 EMAIL = "jane.roe@example.com"
@@ -118,3 +122,20 @@ def test_unchanged_history_is_scanned_once(pipeline) -> None:
         chat(pipeline, "masker", f"mail {EMAIL}")
     assert len(pipeline.redact._found) == 2  # the system prompt and the user turn
     assert all(r["redactions"] == {"EMAIL_ADDRESS": {"mask": 1}} for r in pipeline.records())
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "br", "zstd", "deflate"])
+def test_compressed_bodies_are_redacted_and_stay_compressed(pipeline, encoding) -> None:
+    encode = {"gzip": gzip.compress, "br": brotli.compress, "deflate": zlib.compress,
+              "zstd": zstandard.ZstdCompressor().compress}[encoding]
+    token = pipeline.token("masker")
+    body = orjson.dumps({"model": "gpt-4o-mini", "messages": [
+        {"role": "user", "content": f"mail {EMAIL}"}]})
+    flow = pipeline.send(OPENAI, headers=[
+        ("Authorization", f"Bearer {token}"), ("content-type", "application/json"),
+        ("content-encoding", encoding)], body=encode(body))
+    assert flow.response.status_code == 200
+    assert flow.request.headers["content-encoding"] == encoding
+    assert EMAIL.encode() not in flow.request.raw_content
+    assert orjson.loads(flow.request.content)["messages"][0]["content"] == \
+        "mail <EMAIL_ADDRESS>"

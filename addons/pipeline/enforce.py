@@ -51,7 +51,7 @@ def ask_of(flow: http.HTTPFlow) -> Ask:
         endpoint=endpoint, cap=endpoint.cap, stream=bool(info.stream),
         max_tokens=apis.max_tokens(vendor.api, endpoint, info.body),
         tools=apis.tool_names(vendor.api, endpoint, info.body),
-        body_bytes=len(flow.request.get_content(strict=False) or b""))
+        body_bytes=info.size)
 
 
 def refusal(decision: Decision) -> EgressError:

@@ -9,8 +9,8 @@ from typing import Any
 import orjson
 from mitmproxy import http
 
-from egressguard.core import usage
-from egressguard.core.errors import BadRequest
+from egressguard.core import bodies, usage
+from egressguard.core.errors import BadRequest, RequestTooLarge
 from egressguard.core.vendors import Vendor
 from egressguard.pipeline import flowstate
 
@@ -20,6 +20,7 @@ class RequestInfo:
     model: str | None
     stream: bool | None
     body: Any = None  # parsed JSON body, for later stages (policy, redaction)
+    size: int = 0  # bytes of the decoded body
 
 
 def describe(vendor: Vendor, path: str, content_type: str, body: bytes) -> RequestInfo:
@@ -39,7 +40,7 @@ def describe(vendor: Vendor, path: str, content_type: str, body: bytes) -> Reque
             model = m.group("model")
         stream = stream or ":streamGenerateContent" in path
     return RequestInfo(model if isinstance(model, str) else None,
-                       stream if isinstance(stream, bool) else None, parsed)
+                       stream if isinstance(stream, bool) else None, parsed, len(body))
 
 
 class VendorRequest:
@@ -49,7 +50,8 @@ class VendorRequest:
             return
         vendor = flow.metadata[flowstate.DESTINATION].vendor
         try:
-            body = flow.request.get_content(strict=True) or b""
+            body = bodies.decode(flow.request.raw_content or b"",
+                                 flow.request.headers.get("content-encoding", ""))
             info = describe(vendor, flow.request.path, flow.request.headers.get(
                 "content-type", ""), body)
         except ValueError:
@@ -57,7 +59,7 @@ class VendorRequest:
                 "request body cannot be decoded with its Content-Encoding",
                 reason="body_undecodable"))
             return
-        except BadRequest as err:
+        except (BadRequest, RequestTooLarge) as err:
             flowstate.refuse(flow, err)
             return
         flow.metadata[flowstate.REQUEST] = info
