@@ -115,7 +115,7 @@ def test_location_templates(agent: str | None, team: str | None, path: str) -> N
 
 
 ALLOWED_TOP = ("(allowed: version, agents, teams, rules, passthrough, secrets, prices, "
-               "on_limits_unavailable)")
+               "on_limits_unavailable, detectors)")
 ALLOWED_SECRETS = "(allowed: mount, field, path, vendors, teams, agents)"
 NOT_A_HOST = "is not a host name or `*.domain` pattern (no schemes, ports or paths)"
 
@@ -367,3 +367,14 @@ def test_a_file_that_is_not_utf8_is_a_problem_at_its_first_bad_byte(tmp_path: Pa
     with pytest.raises(ConfigError) as info:
         policy.load(path)
     assert str(info.value) == f"{path}:2:6: policy is not UTF-8 text (byte 0xe9)"
+
+
+def test_detectors_extend_the_built_in_rules_with_placed_problems() -> None:
+    loaded = policy.parse("version: 1\ndetectors:\n  - id: acme\n    entity: GENERIC_SECRET\n"
+                          "    pattern: 'acme_[a-z]{8}'\n", SOURCE)
+    assert [f.entity for f in loaded.detector.find("x acme_abcdefgh y")] == ["GENERIC_SECRET"]
+    assert policy.parse("version: 1\n", SOURCE).detector is None  # the shared default
+    found = problems("version: 1\ndetectors:\n  - id: x\n    entity: NOPE\n    pattern: a\n")
+    assert (4, 5) in [(ln, col) for ln, col, _ in found]
+    assert problems("version: 1\ndetectors: {}\n")[0][2].startswith(
+        "`detectors` is a list of detection rules")

@@ -49,7 +49,8 @@ def test_an_invalid_file_keeps_the_last_good_policy_and_says_why(pipeline, caplo
     path = pipeline.files["policy"]
     assert record["message"] == (
         f"{path}:2:1: unknown key 'rulez' in the policy; did you mean 'rules'? (allowed: "
-        "version, agents, teams, rules, passthrough, secrets, prices, on_limits_unavailable)\n"
+        "version, agents, teams, rules, passthrough, secrets, prices, on_limits_unavailable, "
+        "detectors)\n"
         f"{path}:5:5: duplicate key 'name' (first defined on line 4)")
     [logged] = [r for r in caplog.records if r.levelname == "ERROR"]
     assert "NOT reloaded" in logged.getMessage()

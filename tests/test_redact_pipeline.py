@@ -139,3 +139,16 @@ def test_compressed_bodies_are_redacted_and_stay_compressed(pipeline, encoding) 
     assert EMAIL.encode() not in flow.request.raw_content
     assert orjson.loads(flow.request.content)["messages"][0]["content"] == \
         "mail <EMAIL_ADDRESS>"
+
+
+def test_a_policys_own_detectors_feed_its_plans(pipeline) -> None:
+    pipeline.files["policy"].write_text(POLICY + """\
+detectors:
+  - id: acme-service-key
+    entity: GENERIC_SECRET
+    pattern: 'acme_live_[a-z0-9]{24}'
+""")
+    pipeline.policyloader.configure({"egressguard_policy"})
+    flow = chat(pipeline, "masker", "use acme_live_" + "k3y9" * 6 + " for the call")
+    assert flow.response.status_code == 403
+    assert pipeline.records()[-1]["redactions"] == {"GENERIC_SECRET": {"block": 1}}

@@ -23,6 +23,7 @@ from egressguard.core import entities, policylint
 from egressguard.core.apis import ENDPOINTS
 from egressguard.core.globs import Globs
 from egressguard.core.limits import LIMIT_NAMES, LimitSpec, PriceTable, load_prices
+from egressguard.core.redact.detect import Detector
 from egressguard.core.rules import (
     UNNAMED,
     Ask,
@@ -45,7 +46,7 @@ from egressguard.core.yamlsource import (
 
 VERSION = 1
 _TOP = ("version", "agents", "teams", "rules", "passthrough", "secrets", "prices",
-        "on_limits_unavailable")
+        "on_limits_unavailable", "detectors")
 _AGENT = ("team", "labels", "limits", "description")
 _TEAM = ("labels", "limits", "description")
 _RULE = ("name", "description", "match", "action", "reason", "models", "endpoints",
@@ -102,6 +103,7 @@ class Policy:
     rules: tuple[Rule, ...] = ()
     prices: PriceTable | None = None
     on_limits_unavailable: str = "deny"  # or "allow": what to do when Redis is down
+    detector: Detector | None = None  # the built-in rules plus the policy's `detectors`
     warnings: tuple[Problem, ...] = ()
     evaluator: Evaluator = field(init=False, repr=False, compare=False)
 
@@ -186,6 +188,7 @@ class _Reader:
             prices=self.prices(data.get("prices")),
             on_limits_unavailable=self.choice(
                 data, ("on_limits_unavailable",), ("deny", "allow"), "deny"),
+            detector=self.detectors(data.get("detectors")),
         )
 
     # -- small readers -------------------------------------------------------------
@@ -448,6 +451,22 @@ class _Reader:
             if scope in spec and (limits := self.limits(spec[scope], (*path, scope))):
                 out[scope] = limits
         return MappingProxyType(out)
+
+    def detectors(self, value: Any) -> Detector | None:
+        """The policy's own detection rules (the shape of redact/rules.yaml), added to
+        the built-in ones; None when it has none (the shared default detector)."""
+        if value is None:
+            return None
+        if not isinstance(value, list) or not value:
+            self.problem(("detectors",), "`detectors` is a list of detection rules "
+                         "(see addons/core/redact/rules.yaml for their shape)")
+            return None
+        try:
+            return Detector.from_rules(value, self.doc.source, where=lambda path, message:
+                                       self.doc.where(("detectors", *path), message))
+        except ConfigError as exc:
+            self.problems.extend(exc.problems)
+            return None
 
     def prices(self, value: Any) -> PriceTable | None:
         if value is None:

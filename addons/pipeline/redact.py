@@ -65,8 +65,10 @@ class Redact:
         pseudonyms = self.pseudonyms.conversation(actions.conversation_key(
             decision.agent or "", opening)) if opening else actions.Pseudonyms()
         try:
+            policy = flow.metadata[flowstate.POLICY]
             outcomes = [o for slot in fields.text_slots(vendor.api, endpoint, body)
-                        if (o := await self._redact(slot, plan, pseudonyms)) is not None]
+                        if (o := await self._redact(slot, plan, pseudonyms, policy.detector,
+                                                    policy.digest)) is not None]
         except NerUnavailable as err:
             log.warning("refusing a request: %s", err.message)
             flowstate.refuse(flow, err)
@@ -86,9 +88,10 @@ class Redact:
                 fields.json_output(vendor.api, endpoint, body))
 
     async def _redact(self, slot: fields.Slot, plan: dict[str, str],
-                      pseudonyms: actions.Pseudonyms) -> actions.Outcome | None:
+                      pseudonyms: actions.Pseudonyms, detector: Detector | None,
+                      policy: str) -> actions.Outcome | None:
         text = slot.text
-        found = self._structured(text, plan)
+        found = self._structured(text, plan, detector, policy)
         if ner := entities.NER.intersection(plan):
             if self.ner is None:
                 self.ner = NerEngine()
@@ -100,15 +103,19 @@ class Redact:
             slot.set(outcome.text)
         return outcome
 
-    def _structured(self, text: str, plan: dict[str, str]) -> list[Finding]:
-        """Pattern findings of every type in `plan`, cached by the text's digest."""
-        key = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16,
-                              person=b"egressguard").digest()
+    def _structured(self, text: str, plan: dict[str, str], detector: Detector | None,
+                    policy: str) -> list[Finding]:
+        """Pattern findings of every type in `plan`, cached by the text's digest (and
+        the policy's: its own `detectors` may find more)."""
+        digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16,
+                                 person=b"egressguard")
+        if detector is not None:
+            digest.update(policy.encode())
+        key = digest.digest()
         found = self._found.get(key)
         if found is None:
-            if self.detector is None:
-                self.detector = default_detector()
-            found = self.detector.find(text)  # every type: the cache serves every plan
+            detector = detector or self.detector or default_detector()
+            found = detector.find(text)  # every type: the cache serves every plan
             self._found[key] = found
             if len(self._found) > _CACHE_ENTRIES:
                 self._found.popitem(last=False)
