@@ -18,6 +18,7 @@ demo: $(STAMP)
 
 bench: $(STAMP) bench-deps
 	$(PY) bench/policy_decide.py
+	$(PY) bench/redaction.py
 	$(PY) bench/overhead.py
 
 lint: $(STAMP)

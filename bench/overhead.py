@@ -27,8 +27,25 @@ record of those requests is cleared after every round. Besides throughput and la
 the run reports each proxy's CPU time per request (from /proc, Redis's own included for
 the proxy that uses it), which a shared machine disturbs less than throughput.
 
+With `--redaction`, the run measures egressguard with redaction on instead (limits
+stay off unless `--limits` says otherwise): a third proxy, `eg+redaction`, on the same
+OpenBao, fake vendor, CA and token key, whose policy gives bench-agent's rule
+`redact:` every structured PII type masked and secrets blocked (`pii: mask` without
+PERSON/LOCATION: no NER model). hey then POSTs a ~4 KB support-chat prompt holding two
+e-mail addresses and two phone numbers, no secret, to /v1/chat/completions through
+every proxy (the fake's /bench is no chat endpoint, so a redacting rule would refuse
+it). hey sends the same body every time, so after the first request egressguard finds
+every text's findings in its per-text cache: what is measured is the body walk, the
+cache lookups, the masking and the re-serialised body, not detection of new text
+(bench/redaction.py times that). Besides every answer being a 200, each eg+redaction
+journal record must carry the `redactions` counts the bench works out for the prompt
+(with the same detector and plan), egressguard without redaction none, and the fake
+vendor must receive the prompt masked. Target (issue): eg+redaction's throughput
+>= 70 % of bare mitmdump's for 4 KB prompts, at c=1 and c=20.
+
     .venv/bin/python bench/overhead.py [--rounds 5] [--seconds 4] [--connections auto]
-                                       [--limits none|inproc|redis|all] [--path auto|PATH]
+                                       [--limits none|inproc|redis|all] [--redaction]
+                                       [--path auto|PATH]
 
 Exit status: 0 when everything ran (whether or not the targets are met), 1 when a
 request failed or the audit check did not add up, 2 when the set-up could not start.
@@ -37,6 +54,7 @@ request failed or the audit check did not add up, 2 when the set-up could not st
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import re
@@ -46,6 +64,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -54,6 +73,10 @@ from pathlib import Path
 
 from mitmproxy.version import VERSION as MITMPROXY_VERSION
 
+from egressguard.core import apis, entities
+from egressguard.core.redact import actions, fields
+from egressguard.core.redact.detect import default_detector
+from egressguard.core.vendors import catalogue
 from egressguard.tools.procs import free_port, port_open, spawn, terminate, wait_until
 from egressguard.tools.stack import Stack
 
@@ -83,9 +106,91 @@ rules:
     limits:
       agent: {{requests_per_minute: 100000000, tokens_per_minute: 10000000000}}
 """
+# bench-agent's requests redacted: every structured PII type masked, secrets blocked
+REDACTION = "eg+redaction"
+REDACT_PLAN = {**{e: "mask" for e in entities.PII if e not in entities.NER},
+               "secrets": "block"}
+REDACTION_POLICY = """\
+# bench/overhead.py: bench-agent's requests redacted (pii: mask without PERSON and
+# LOCATION, so no NER model; secrets: block)
+version: 1
+agents:
+  bench-agent: {{}}
+rules:
+  - name: bench
+    match: {{agents: [bench-agent]}}
+    redact: {{{plan}}}
+"""
+# A ~4 KB prompt as a support agent sends it: system prompt, an earlier exchange, and a
+# pasted e-mail thread with two addresses and two phone numbers (reserved example
+# domains, fictional 555-01XX and Ofcom drama ranges); no secret, so nothing is refused.
+REDACTION_EMAILS = ("dana.whitfield@example.com", "billing-escalations@example.org")
+REDACTION_PHONES = ("+1 (415) 555-0173", "020 7946 0958")
+REDACTION_BODY = json.dumps({"model": "gpt-4o-mini", "temperature": 0.2, "messages": [
+    {"role": "system", "content": (
+        "You are the customer support assistant of Northwind Energy. You help support agents "
+        "answer customer e-mails about bills, meter readings, tariffs and moving house. "
+        "Answer in the customer's language, in a friendly and concise tone, and never promise "
+        "refunds or credits: say that a colleague from billing will confirm them. When a "
+        "customer reports a meter reading, repeat it back and say when it will show on the "
+        "next bill. When a customer moves house, list what we need: the move-out date, the "
+        "final meter reading, and the new address for the final bill. If the customer is "
+        "upset, acknowledge it once, then move to what we will do. Do not include internal "
+        "notes, ticket numbers of other customers, or tariff codes in replies. Sign replies "
+        "as 'Northwind Energy Customer Care'. Keep replies under 200 words unless the agent "
+        "asks for more detail. If you are unsure about a tariff rule, say so and suggest "
+        "the agent checks the tariff handbook, section 4. Moving house: a final bill is "
+        "issued within ten working days of the move-out date once a final reading is on the "
+        "account; without one, the bill uses an estimate, which the customer can dispute "
+        "with a photo of the meter. Standing charges stop on the move-out date the customer "
+        "gave us, not on the date the reading arrived. Direct debits end with the final "
+        "bill: the customer does not need to contact their bank, and any credit on the "
+        "account is paid back to the same bank account within fourteen days.")},
+    {"role": "user", "content": (
+        "Can you summarise what the customer in ticket 48213 wants? It's a long thread and "
+        "I only have a few minutes before my shift ends.")},
+    {"role": "assistant", "content": (
+        "Sure. Please paste the thread, or the last two or three messages if it is very "
+        "long, and I will summarise the request, what has been promised so far, and what "
+        "is still open. If the thread mentions meter readings or dates, I will list them "
+        "separately so that you can check them against the account before you reply, and "
+        "I will point out anything the customer asked that nobody has answered yet.")},
+    {"role": "user", "content": (
+        "Here it is (newest message first):\n\n"
+        f"From: Dana Whitfield <{REDACTION_EMAILS[0]}>\n"
+        "Subject: Re: Re: Final bill after moving out\n\n"
+        "Hello again,\n\nI moved out of the flat on Elm Street at the end of last month and "
+        "sent you the final meter reading (electricity 48211, gas 10342) the same day. I "
+        "still received a bill for the full month, plus a standing charge for the two weeks "
+        "after I left. I asked for the bill to be corrected twice already. Your colleague on "
+        "the phone said the reading had not been registered because it arrived after the "
+        "cut-off, but I have the confirmation e-mail. Could you please correct the final "
+        "bill and send it to my new address? I would also like to know whether the direct "
+        "debit will be cancelled automatically or whether I need to ask my bank.\n\n"
+        f"You can reach me on {REDACTION_PHONES[0]} in the afternoons, or forward the "
+        f"corrected bill to our accounts team at {REDACTION_EMAILS[1]}, who handle "
+        "payments for the household.\n\nThanks,\nDana\n\n"
+        "-----Original message-----\n"
+        "From: Northwind Energy Customer Care\n"
+        "Subject: Re: Final bill after moving out\n\n"
+        "Dear Dana,\n\nThank you for letting us know about your move. We have received "
+        "your message and a colleague from billing will look at your final bill within "
+        "five working days. If you have a final meter reading, please reply with it so "
+        "that we can use it for the bill. If you prefer to talk to us, our landline "
+        f"{REDACTION_PHONES[1]} is open on weekdays.\n\nKind regards,\n"
+        "Northwind Energy Customer Care\n\n"
+        "-----Original message-----\n"
+        "Subject: Final bill after moving out\n\n"
+        "Hi, I'm moving out of the flat on Elm Street on the 30th and a new tenant moves in "
+        "the week after. What do I need to do to close my account? I will take photos of "
+        "both meters on the day. Thanks, Dana\n\n"
+        "Please give me a short summary, a list of what is still open, and a draft reply "
+        "that I can send today. Keep the reply friendly but do not promise a refund.")},
+]})
 CONCURRENCIES = (1, 20)
 TARGET_RATIO = 0.85  # egressguard requests/s over bare mitmdump's
 TARGET_ADDED_P50_MS = 0.5
+TARGET_REDACTION_RATIO = 0.70  # eg+redaction requests/s over bare mitmdump's, 4 KB prompts
 HEY_TIMEOUT = 10  # seconds per request; a stalled request fails the run instead of hanging
 STALL_PROBE_REQUESTS = 8  # mitmproxy opens at most 5 upstream connections per address
 STALL_PROBE_TIMEOUT = 2
@@ -146,6 +251,7 @@ class Target:
     """What hey asks for: the same request through every proxy."""
 
     path: str = BENCH_PATH
+    body: str = BODY
 
     @property
     def url(self) -> str:
@@ -162,7 +268,7 @@ def hey(proxy: str, concurrency: int, *, target: Target = Target(),
         seconds: float | None = None, requests: int | None = None, keepalive: bool = True,
         timeout: int = HEY_TIMEOUT) -> HeyRun:
     args = ["hey", "-c", str(concurrency), "-t", str(timeout), "-m", "POST",
-            "-T", "application/json", "-d", BODY, "-x", proxy]
+            "-T", "application/json", "-d", target.body, "-x", proxy]
     args += [a for h in target.headers for a in ("-H", h)]
     args += ["-z", f"{seconds}s"] if seconds else ["-n", str(requests or concurrency)]
     if not keepalive:
@@ -285,9 +391,10 @@ def start_variant(stack: Stack, workdir: Path, policy: Path,
 
 
 @contextmanager
-def proxies(workdir: Path, limits: tuple[str, ...] = (),
-            target: Target = Target()) -> Iterator[tuple[Proxy, list[Proxy], Stack]]:
-    """Bare mitmdump, then egressguard without limits and with each of `limits`."""
+def proxies(workdir: Path, limits: tuple[str, ...] = (), target: Target = Target(),
+            redaction: bool = False) -> Iterator[tuple[Proxy, list[Proxy], Stack]]:
+    """Bare mitmdump, then egressguard without limits and with each of `limits`, then
+    with redaction if asked."""
     stack = Stack(workdir / "stack")
     bare: subprocess.Popen[bytes] | None = None
     with ExitStack() as cleanup:
@@ -312,6 +419,14 @@ def proxies(workdir: Path, limits: tuple[str, ...] = (),
                 cleanup.callback(variant.stop_proxy)
                 egs.append(Proxy(LIMIT_VARIANTS[kind], variant.proxy_url(AGENT, token),
                                  target, variant, {"proxy": proxy_pid(variant), **pids}))
+            if redaction:
+                policy = workdir / "redaction-policy.yaml"
+                policy.write_text(REDACTION_POLICY.format(plan=", ".join(
+                    f"{k}: {v}" for k, v in REDACT_PLAN.items())))
+                variant = start_variant(stack, workdir / "redaction", policy, ())
+                cleanup.callback(variant.stop_proxy)
+                egs.append(Proxy(REDACTION, variant.proxy_url(AGENT, token), target, variant,
+                                 {"proxy": proxy_pid(variant)}))
             yield (Proxy("bare mitmdump", f"http://127.0.0.1:{port}", target, None,
                          {"proxy": bare.pid}), egs, stack)
         finally:
@@ -421,7 +536,70 @@ def audit_check(eg: Proxy) -> str:
                  "settle")
         if reserved != ok or (path == CHAT_PATH and settled != reserved):
             raise BenchError(line + " -- every request should be")
+    if eg.target.body == REDACTION_BODY:  # the prompt: redacted by eg+redaction only
+        want = expected_redactions(eg.target.body) if eg.name == REDACTION else None
+        same = sum(1 for r in records if r.get("path") == path and r.get("status") == 200
+                   and r.get("redactions") == want)
+        line += f"; {same} of them with redactions {want}"
+        if same != ok:
+            raise BenchError(line + " -- every one should be")
     return line + " -- OK"
+
+
+def expected_redactions(body: str) -> dict[str, dict[str, int]]:
+    """The `redactions` an audit record of the prompt should hold: the bench's plan
+    applied, with egressguard's own detector, to every text egressguard reads."""
+    vendor = catalogue().by_name("openai")
+    assert vendor is not None
+    endpoint = apis.endpoint(vendor, "POST", CHAT_PATH)
+    plan = actions.plan(REDACT_PLAN)
+    outcomes = []
+    for slot in fields.text_slots(vendor.api, endpoint, json.loads(body)):
+        found = [f for f in default_detector().find(slot.text) if f.entity in plan]
+        outcomes.append(actions.apply(slot.text, found, plan, actions.Pseudonyms()))
+    counts = actions.audit_counts(outcomes)
+    if any(o.blocked for o in outcomes):
+        raise BenchError(f"the prompt holds what the plan blocks: {counts}")
+    want = {"EMAIL_ADDRESS": len(REDACTION_EMAILS), "PHONE_NUMBER": len(REDACTION_PHONES)}
+    if any(counts.get(e, {}).get("mask") != n for e, n in want.items()):
+        raise BenchError(f"egressguard's detector finds {counts} in the prompt, expected "
+                         f"{want} masked")
+    return counts
+
+
+def detection_cost(body: str, runs: int = 30) -> str:
+    """What the proxy's cache spares it per request here: detecting the prompt's texts
+    afresh, as for a prompt never seen before (in this process, median of `runs`)."""
+    vendor = catalogue().by_name("openai")
+    assert vendor is not None
+    endpoint = apis.endpoint(vendor, "POST", CHAT_PATH)
+    texts = [s.text for s in fields.text_slots(vendor.api, endpoint, json.loads(body))]
+    detector = default_detector()
+    times = []
+    for _ in range(runs):
+        start = time.thread_time_ns()
+        for text in texts:
+            detector.find(text)
+        times.append(time.thread_time_ns() - start)
+    return (f"detecting the prompt's {len(texts)} texts afresh (what the per-text cache "
+            f"spares a repeated prompt): {statistics.median(times) / 1e6:.2f} ms of CPU "
+            "in the bench process")
+
+
+def vendor_check(proxy: Proxy, stack: Stack) -> str:
+    """One more request through eg+redaction: the fake vendor must get it masked."""
+    stack.reset_received()
+    check(proxy, 1, proxy.run(1, requests=1), "vendor check")
+    received = [r for r in stack.received() if r["path"] == proxy.target.path]
+    if len(received) != 1:
+        raise BenchError(f"the fake vendor got {len(received)} requests, expected 1")
+    text = received[0]["body"]
+    leaked = [v for v in (*REDACTION_EMAILS, *REDACTION_PHONES) if v in text]
+    masks = {e: text.count(f"<{e}>") for e in ("EMAIL_ADDRESS", "PHONE_NUMBER")}
+    line = f"vendor ({proxy.name}): the fake vendor got the prompt with {masks} masks"
+    if leaked or masks != {"EMAIL_ADDRESS": 2, "PHONE_NUMBER": 2}:
+        raise BenchError(f"{line} and {len(leaked)} of the values in clear")
+    return line + ", none of the values -- OK"
 
 
 # -- reporting ------------------------------------------------------------------------------
@@ -476,6 +654,27 @@ def limits_table(results: dict[int, Runs], variants: list[str]) -> str:
     return "\n".join(lines)
 
 
+def redaction_table(results: dict[int, Runs]) -> str:
+    """eg+redaction against bare mitmdump (the target) and egressguard without it."""
+    columns = ["concurrency", "bare req/s", "egressguard req/s", f"{REDACTION} req/s",
+               f"{REDACTION} p50 / p99 ms", "ratio to bare", "added p50 ms vs bare",
+               "ratio to egressguard", "added p50 ms vs egressguard",
+               f"throughput >= {TARGET_REDACTION_RATIO:.0%} of bare"]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for c, runs in results.items():
+        vs_bare = Pairs(runs["bare mitmdump"], runs[REDACTION])
+        vs_eg = Pairs(runs[EG], runs[REDACTION])
+        ratio = vs_bare.ratio()
+        lines.append(
+            f"| {c} | {Pairs.median(runs['bare mitmdump'], 'rps'):.1f} "
+            f"| {Pairs.median(runs[EG], 'rps'):.1f} | {Pairs.median(runs[REDACTION], 'rps'):.1f} "
+            f"| {ms(Pairs.median(runs[REDACTION], 'p50_ms'))} / "
+            f"{ms(Pairs.median(runs[REDACTION], 'p99_ms'))} "
+            f"| {ratio:.1%} | {vs_bare.added_p50():+.2f} | {vs_eg.ratio():.1%} "
+            f"| {vs_eg.added_p50():+.2f} | {verdict(ratio >= TARGET_REDACTION_RATIO)} |")
+    return "\n".join(lines)
+
+
 def cpu_table(proxies: list[Proxy]) -> str:
     """CPU time per request of each proxy process (and of Redis for the proxy using it),
     over all measured runs: steadier than throughput on a shared machine."""
@@ -527,21 +726,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--connections", choices=("auto", "keepalive", "new"), default="auto",
                    help="keepalive: clients reuse connections (as SDKs do); new: one "
                         "connection per request; auto: keepalive unless it stalls")
-    p.add_argument("--limits", choices=tuple(LIMITS), default="all",
+    p.add_argument("--limits", choices=tuple(LIMITS), default=None,
                    help="also measure egressguard with limits on: counters in the proxy "
-                        "(inproc), in a local redis-server (redis), both (all, the default), "
-                        "or neither (none: bare vs egressguard only, as before)")
+                        "(inproc), in a local redis-server (redis), both (all, the default "
+                        "without --redaction), or neither (none: the default with "
+                        "--redaction; bare vs egressguard only, as before, without)")
+    p.add_argument("--redaction", action="store_true",
+                   help="also measure egressguard redacting a ~4 KB chat prompt (structured "
+                        "PII masked, secrets blocked, no NER), every proxy POSTing it to "
+                        f"{CHAT_PATH}")
     p.add_argument("--path", default="auto",
-                   help=f"the vendor path hey POSTs to; auto: {BENCH_PATH} without limits, "
-                        f"{CHAT_PATH} with them (the fake reports usage there, so "
-                        "reservations are settled)")
+                   help=f"the vendor path hey POSTs to; auto: {BENCH_PATH} without limits "
+                        f"or redaction, {CHAT_PATH} with either (the fake reports usage "
+                        "there, so reservations are settled; a redacting rule refuses "
+                        f"{BENCH_PATH}, which is no chat endpoint)")
     p.add_argument("--keep", action="store_true", help="keep the work directory and logs")
     args = p.parse_args(argv)
-    limits = LIMITS[args.limits]
-    path = args.path if args.path != "auto" else CHAT_PATH if limits else BENCH_PATH
+    limits = LIMITS[args.limits or ("none" if args.redaction else "all")]
+    path = args.path if args.path != "auto" else \
+        CHAT_PATH if limits or args.redaction else BENCH_PATH
     if not path.startswith("/"):
         p.error(f"--path is a URL path starting with /, found {path!r}")
-    target = Target(path)
+    if args.redaction and path == BENCH_PATH:
+        p.error(f"--redaction needs a chat path: the fake's {BENCH_PATH} is none, so "
+                "the redacting rule would refuse every request")
+    target = Target(path, REDACTION_BODY if args.redaction else BODY)
     if shutil.which("hey") is None:
         print("bench: `hey` is not installed (Debian package `hey`; `make bench-deps`)",
               file=sys.stderr)
@@ -553,7 +762,7 @@ def main(argv: list[str] | None = None) -> int:
     status = 2
     print(f"egressguard overhead benchmark -- {machine()}", flush=True)
     try:
-        with proxies(workdir, limits, target) as (bare, egs, stack):
+        with proxies(workdir, limits, target, args.redaction) as (bare, egs, stack):
             status = 1
             everyone = [bare, *egs]
             keepalive, stall = choose_connections(args.connections, *everyone)
@@ -561,7 +770,7 @@ def main(argv: list[str] | None = None) -> int:
             if stall:
                 print(f"NOTE: {stall}.\nMeasuring every proxy with a new connection per "
                       "request (hey -disable-keepalive) instead.\n", flush=True)
-            print(f"POST {target.url} ({len(BODY)}-byte JSON body), {how}; {args.rounds} "
+            print(f"POST {target.url} ({len(target.body)}-byte JSON body), {how}; {args.rounds} "
                   f"rounds of {args.seconds:g} s per proxy and concurrency, after "
                   f"{args.warmup:g} s warm-ups; proxies: "
                   + ", ".join(p.name for p in everyone), flush=True)
@@ -575,11 +784,21 @@ def main(argv: list[str] | None = None) -> int:
                 print("With limits (reserve before forwarding, settle on the response; "
                       "4 counters per request, none ever full), against bare mitmdump and "
                       "against egressguard without limits in the same rounds:\n\n"
-                      + limits_table(results, [p.name for p in egs[1:]]) + "\n")
+                      + limits_table(results, [p.name for p in egs[1:]
+                                               if p.name != REDACTION]) + "\n")
+            if args.redaction:
+                print(f"With redaction ({REDACTION}: a ~4 KB prompt, 2 e-mail addresses and 2 "
+                      "phone numbers masked per request, findings from the per-text cache "
+                      "after the first; target: throughput >= "
+                      f"{TARGET_REDACTION_RATIO:.0%} of bare mitmdump's):\n\n"
+                      + redaction_table(results) + "\n")
             print("CPU milliseconds per request (user + system, from /proc, over the "
                   f"measured rounds):\n\n{cpu_table(everyone)}\n")
             for eg in egs:
                 print(audit_check(eg))
+            if args.redaction:
+                print(vendor_check(egs[-1], stack))
+                print(detection_cost(target.body))
             if stall:
                 print(f"NOTE: measured without keep-alive because {stall}.")
             status = 0

