@@ -384,15 +384,16 @@ ENDPOINT = apis.endpoint(VENDOR, "POST", PATH)
 POLICY_ARGS = (None, "")
 
 
-async def redact_request(addon: Redact, body: Any, redact: dict[str, str]) -> Scan:
+async def redact_request(addon: Redact, body: Any, plan: dict[str, str]) -> Scan:
     """`Redact.request` from the point the policy has decided, minus the flow: the same
-    calls in the same order, on the parsed body (see addons/pipeline/redact.py)."""
-    plan = actions.plan(redact)
+    calls in the same order, on the parsed body (see addons/pipeline/redact.py). `plan`
+    is the rule's, expanded once when the policy loads (`Rule.plan`)."""
     vendor = VENDOR
     endpoint = apis.endpoint(vendor, "POST", PATH)
     if not fields.covered(vendor.api, endpoint):
         raise RuntimeError(f"{endpoint} is not covered: the proxy would refuse it")
-    opening = fields.opening(vendor.api, endpoint, body)
+    opening = fields.opening(vendor.api, endpoint, body) \
+        if actions.PSEUDONYMIZE in plan.values() else None
     pseudonyms = addon.pseudonyms.conversation(actions.conversation_key(
         AGENT, opening)) if opening else actions.Pseudonyms()
     slots = fields.text_slots(vendor.api, endpoint, body)
@@ -420,12 +421,13 @@ def egressguard_conversation(requests: Sequence[Request], plan: dict[str, str],
                              blocked: Counter[str] | None = None) -> list[int]:
     """One conversation through a new Redact (cold cache); per-request stage times."""
     addon = Redact(detector=default_detector())
+    plan = actions.plan(REDACT)  # once, as the policy loader does
     times = []
     for req in requests:
         t0 = time.perf_counter_ns()
         body = orjson.loads(req.body)
         c1, t1 = time.thread_time_ns(), time.perf_counter_ns()
-        scan = drive(redact_request(addon, body, REDACT))
+        scan = drive(redact_request(addon, body, plan))
         t2, c2 = time.perf_counter_ns(), time.thread_time_ns()
         times.append(t2 - t1)
         if scan.out is None:

@@ -376,8 +376,9 @@ class _Reader:
             streaming=self.boolean(spec, (*path, "streaming"), True),
             max_request_bytes=self.size(spec["max_request_bytes"], (*path, "max_request_bytes"))
             if "max_request_bytes" in spec else None,
-            redact=self.redact(spec["redact"], (*path, "redact")) if "redact" in spec
-            else MappingProxyType({}),
+            redact=(redact := self.redact(spec["redact"], (*path, "redact"))
+                    if "redact" in spec else MappingProxyType({})),
+            plan=MappingProxyType(entities.expand(dict(redact))),
             secret=secret, key_pool=pool,
             limits=self.rule_limits(spec["limits"], (*path, "limits")) if "limits" in spec
             else MappingProxyType({}),

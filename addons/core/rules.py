@@ -122,7 +122,8 @@ class Rule:
     tools: str | Globs = "allow"  # "allow", "deny", or the tool names allowed
     streaming: bool = True
     max_request_bytes: int | None = None
-    redact: Mapping[str, str] = _frozen_map()  # entity type or group -> action
+    redact: Mapping[str, str] = _frozen_map()  # entity type or group -> action, as written
+    plan: Mapping[str, str] = _frozen_map()  # the same with groups spread out, for Redact
     secret: str | None = None  # Vault path template, instead of the `secrets:` default
     key_pool: tuple[str, ...] = ()
     limits: Mapping[str, LimitSpec] = _frozen_map()  # "agent" / "team" -> spec

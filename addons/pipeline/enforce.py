@@ -93,7 +93,7 @@ class Enforce:
         if not flowstate.is_live_request(flow):
             return
         policy: Policy = flow.metadata[flowstate.POLICY]
-        ask = ask_of(flow)
+        ask = flow.metadata[flowstate.ASK] = ask_of(flow)
         decision = policy.decide(ask)
         flow.metadata[flowstate.DECISION] = decision
         if not decision.allowed:

@@ -33,6 +33,7 @@ SECRET = "egressguard.secret"
 USAGE = "egressguard.usage"
 HIDE_STREAM_USAGE = "egressguard.hide_stream_usage"
 REFUSAL = "egressguard.refusal"
+ASK = "egressguard.ask"  # rules.Ask: the request in the terms rules match on
 DECISION = "egressguard.decision"  # rules.Decision of an intercepted request
 CLAMPS = "egressguard.clamps"  # {field: {"from": asked, "to": sent}}
 LIMITS = "egressguard.limits"  # limit state, as recorded in the audit record

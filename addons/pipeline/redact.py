@@ -19,7 +19,7 @@ import orjson
 from mitmproxy import http
 
 from egressguard.backends.ner import NerEngine, NerUnavailable
-from egressguard.core import apis, entities
+from egressguard.core import entities
 from egressguard.core.errors import PolicyDenied
 from egressguard.core.redact import Finding, actions, fields
 from egressguard.core.redact.detect import Detector, default_detector
@@ -45,12 +45,12 @@ class Redact:
         if not flowstate.is_live_request(flow):
             return
         decision = flow.metadata.get(flowstate.DECISION)
-        if decision is None or decision.rule is None or not decision.rule.redact:
+        if decision is None or decision.rule is None or not decision.rule.plan:
             return
-        plan = actions.plan(decision.rule.redact)
+        plan = decision.rule.plan
         vendor = flow.metadata[flowstate.DESTINATION].vendor
         body = flow.metadata[flowstate.REQUEST].body
-        endpoint = apis.endpoint(vendor, flow.request.method, flow.request.path.split("?")[0])
+        endpoint = flow.metadata[flowstate.ASK].endpoint  # classified once, by Enforce
         rule = decision.rule.name
         if flow.request.raw_content and (body is None or not fields.covered(vendor.api,
                                                                             endpoint)):
@@ -61,7 +61,9 @@ class Redact:
             return
         if body is None:
             return
-        opening = fields.opening(vendor.api, endpoint, body)
+        # a conversation's pseudonyms outlive the request only when the plan makes some
+        opening = fields.opening(vendor.api, endpoint, body) \
+            if actions.PSEUDONYMIZE in plan.values() else None
         pseudonyms = self.pseudonyms.conversation(actions.conversation_key(
             decision.agent or "", opening)) if opening else actions.Pseudonyms()
         try:

@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from egressguard.core import entities, policy
+from egressguard.core import policy
 from egressguard.core.redact import Finding
 from egressguard.core.redact.detect import default_detector
 from egressguard.core.yamlsource import ConfigError
@@ -68,7 +68,7 @@ def plan_entities(loaded: policy.Policy) -> frozenset[str]:
     """Every entity type some rule's redaction plan names, groups spread out."""
     named: set[str] = set()
     for rule in loaded.rules:
-        named.update(entities.expand(dict(rule.redact)))
+        named.update(rule.plan)
     return frozenset(named)
 
 
