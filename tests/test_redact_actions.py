@@ -14,6 +14,7 @@ import pytest
 
 from egressguard.core.entities import PII, SECRETS
 from egressguard.core.redact import Finding, actions
+from egressguard.core.redact import sse as sse_module
 from egressguard.core.redact.actions import (
     Outcome,
     Pseudonyms,
@@ -701,7 +702,7 @@ def test_a_start_at_the_end_of_the_stream_is_released_as_it_was() -> None:
 
 
 def test_held_events_are_bounded() -> None:
-    other = [{"type": "ping"}] * (actions._MAX_HELD_EVENTS + 5)
+    other = [{"type": "ping"}] * (sse_module.MAX_HELD_EVENTS + 5)
     stream = sse(chat_chunk("wait <PERSON_"), *other, chat_chunk("1> late"))
     reid = Reidentifier(conversation("Ann"))
     feed = reid.stream()
@@ -739,7 +740,7 @@ def test_json_output_streams_escape_for_the_inner_json() -> None:
 
 
 def test_an_oversized_event_goes_on_untouched(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(actions, "_MAX_EVENT", 100)
+    monkeypatch.setattr(sse_module, "MAX_EVENT", 100)
     big = sse(chat_chunk("<PERSON_1> " + "x" * 300))
     after = sse(chat_chunk("then <PERSON_1>"))
     reid = Reidentifier(conversation("Ann"))

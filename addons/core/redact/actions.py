@@ -28,10 +28,10 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from egressguard.core.entities import ACTIONS, expand
 from egressguard.core.redact import Finding
+from egressguard.core.redact.jsontext import escaped, holds_json, is_json, rewrite_literals
+from egressguard.core.redact.sse import SseRewriter
 
 MASK, PSEUDONYMIZE, BLOCK, LOG = "mask", "pseudonymize", "block", "log"
 assert set(ACTIONS) == {MASK, PSEUDONYMIZE, BLOCK, LOG}, ACTIONS  # one list of actions
@@ -296,43 +296,14 @@ def _maybe(data: bytes) -> bool:
     # `in` runs at memchr speed; the regex is ten times slower on a long body
     return (b"<" in data or b"\\u003" in data) and _MAYBE.search(data) is not None
 
-# A JSON string literal. In valid JSON no quote stands outside a string, so scanning
-# from the start pairs every literal correctly (keys included).
-_LITERAL = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
-_TOKEN_START = re.compile(TOKEN.pattern)  # .match() at 0
+
 # Anthropic thinking is signed: restoring a value in it would make the block fail its
 # signature check when the agent sends it back. It stays as the model wrote it.
-_UNTOUCHED_KEYS = frozenset({"thinking"})
 _UNTOUCHED_BEFORE = re.compile(rb'"thinking"\s*:\s*\Z')
-# Strings in a stream that hold JSON text, so a restored value is escaped once more:
-# OpenAI/Cohere tool-call arguments, Anthropic input_json_delta, Responses
-# *.arguments.delta events.
-_JSON_TEXT_KEYS = frozenset({"arguments", "partial_json"})
-# Fields whose values say which stream of text a string continues (Anthropic block
-# `index`, Responses `output_index`/`content_index`/`item_id`, choice and tool-call
-# `index`, Gemini thought parts).
-_CHANNEL_KEYS = ("index", "output_index", "content_index", "item_id", "thought")
-_MAX_HELD_EVENTS = 64  # events held back while a pseudonym may be cut; then they go as they are
-_MAX_HELD_BYTES = 1 << 20
-_MAX_EVENT = 4 << 20  # an unfinished event longer than this goes on untouched
-_EVENT_END = re.compile(rb"\r?\n\r?\n")
 
 
-def _escaped(value: str) -> str:
-    """`value` as it must appear inside a JSON string literal (without the quotes)."""
-    return orjson.dumps(value).decode()[1:-1]
-
-
-def _holds_json(text: str) -> bool:
-    """Whether a string is itself a JSON document (tool-call arguments, a JSON-mode
-    answer), so what is written into it needs JSON escaping of its own."""
-    if text.lstrip()[:1] not in ("{", "[", '"'):
-        return False
-    try:
-        orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return False
-    return True
+def _in_thinking(body: bytes, at: int) -> bool:
+    return _UNTOUCHED_BEFORE.search(body, max(0, at - 32), at) is not None
 
 
 class Reidentifier:
@@ -347,14 +318,18 @@ class Reidentifier:
 
     Escaping: the answer is JSON, and a value is restored inside a JSON string, so the
     string literal holding a pseudonym is decoded, restored and encoded again with
-    JSON's escaping, and spliced back in place of the old literal: every other byte
-    stays as the vendor wrote it (no number reformatted, no integer beyond 64 bits
-    rounded). A string that itself holds JSON (tool-call arguments, a JSON-mode answer)
-    gets the value escaped once more, as that inner JSON needs, so a name with a quote,
+    JSON's escaping, and spliced back in place of the old literal (`jsontext`). A
+    string that itself holds JSON (tool-call arguments, a JSON-mode answer) gets the
+    value escaped once more, as that inner JSON needs, so a name with a quote,
     backslash or line break parses at both levels.
 
     Anthropic `thinking` text keeps its pseudonyms: it is signed, and goes back to the
-    vendor as it came (`fields` does not redact signed thinking either)."""
+    vendor as it came (`fields` does not redact signed thinking either).
+
+    Streamed answers: a `sse.Stage` (a pseudonym's start at the end of a channel's
+    text waits for the rest of it)."""
+
+    untouched = frozenset({"thinking"})
 
     def __init__(self, pseudonyms: Pseudonyms, only: Iterable[str] | None = None) -> None:
         self._values = pseudonyms.table(only)
@@ -368,7 +343,7 @@ class Reidentifier:
             value = self._values.get(m.group())
             if value is None:
                 return m.group()
-            return _escaped(value) if json_text else value
+            return escaped(value) if json_text else value
         return TOKEN.sub(restore, text)
 
     def restore(self, text: str) -> str:
@@ -384,41 +359,17 @@ class Reidentifier:
         pseudonyms rather than risk breaking what the agent parses."""
         if not self._values or not _maybe(body):
             return body
-        try:
-            orjson.loads(body)
-        except orjson.JSONDecodeError:
+        if not is_json(body):
             return self._raw(body)
-        out: list[bytes] = []
-        done = 0
-        for m in _LITERAL.finditer(body):
-            literal = m.group()
-            if not _maybe(literal) or \
-                    _UNTOUCHED_BEFORE.search(body, max(0, m.start() - 32), m.start()):
-                continue
-            new = self._literal(literal)
-            if new is not None:
-                out += (body[done:m.start()], new)
-                done = m.end()
-        if not out:
-            return body
-        out.append(body[done:])
-        return b"".join(out)
+        return rewrite_literals(body, self._literal, worth=_maybe, skip=_in_thinking)
 
-    def _literal(self, literal: bytes) -> bytes | None:
-        """A JSON string literal with its pseudonyms restored, None if unchanged."""
-        try:
-            text = orjson.loads(literal)
-        except orjson.JSONDecodeError:
-            return None
-        if not isinstance(text, str) or "<" not in text:
-            return None
-        new = self._sub(text, _holds_json(text))
-        return orjson.dumps(new) if new != text else None
+    def _literal(self, text: str) -> str | None:
+        return self._sub(text, holds_json(text)) if "<" in text else None
 
     def _raw(self, body: bytes) -> bytes:
         def restore(m: re.Match[bytes]) -> bytes:
             value = self._values.get(m.group().decode())
-            if value is None or _escaped(value) != value:
+            if value is None or escaped(value) != value:
                 return m.group()
             return value.encode()
         return re.sub(TOKEN.pattern.encode(), restore, body)
@@ -427,229 +378,27 @@ class Reidentifier:
 
     def stream(self, json_output: bool = False) -> Callable[[bytes], bytes]:
         """A mitmproxy stream callable for an SSE answer: bytes in, bytes out, an empty
-        chunk marks the end (and flushes what is held). See `SseRestorer`.
+        chunk marks the end (and flushes what is held). See `sse.SseRewriter`.
 
         `json_output`: the request asked for JSON as the answer's text (`fields.
         json_output`), so values restored into it are escaped for that inner JSON. A
         buffered answer needs no flag: there each string is tried as JSON whole."""
         if not self._values:
             return _identity
-        return SseRestorer(self, json_output)
+        return SseRewriter((self,), json_output)
+
+    # the sse.Stage protocol
+    def wants(self, raw: bytes) -> bool:
+        return bool(self._values) and _maybe(raw)
+
+    def pending(self, text: str, before: str) -> int:
+        """A pseudonym's start at the end (`<PER`) waits for the rest."""
+        at = text.rfind("<", max(0, len(text) - _MAX_TOKEN))
+        return at if at >= 0 and text[at:] in self._prefixes else len(text)
+
+    def rewrite(self, text: str, before: str, json_text: bool) -> str:
+        return self._sub(text, json_text) if "<" in text else text
 
 
 def _identity(chunk: bytes) -> bytes:
     return chunk
-
-
-# ---- SSE ---------------------------------------------------------------------------
-
-class _Event:
-    """One SSE event, kept as bytes: a string value that changes is spliced back, as
-    a new literal in place of its old one, when the event goes out."""
-
-    __slots__ = ("raw", "sites")
-
-    def __init__(self, raw: bytes) -> None:
-        self.raw = raw
-        # (holder, key, start, end, original): a string value and its literal in `raw`
-        self.sites: list[tuple[Any, Any, int, int, str]] = []
-
-    def bytes(self) -> bytes:
-        out: list[bytes] = []
-        done = 0
-        for holder, key, start, end, original in self.sites:
-            value = holder[key]
-            if value != original:
-                out += (self.raw[done:start], orjson.dumps(value))
-                done = end
-        if not out:
-            return self.raw
-        out.append(self.raw[done:])
-        return b"".join(out)
-
-
-@dataclass(slots=True)
-class _Held:
-    """A pseudonym's start seen at the end of a channel's text: where its pieces are
-    (holder, key, length of the piece at the end of holder[key])."""
-
-    text: str
-    pieces: list[tuple[Any, Any, int]]
-
-
-class SseRestorer:
-    """Restores pseudonyms in an SSE stream, per event.
-
-    The model writes a pseudonym token by token, so `<PERSON_1>` usually arrives spread
-    over several events (`<`, `PERSON`, `_`, `1`, `>`), and chunk boundaries fall
-    anywhere besides. Bytes are framed into events first (an unfinished event waits
-    for its end). Each event's JSON strings are read per *channel* — where in the
-    stream a text continues: its path, with list positions replaced by the entries'
-    `index`/`item_id`…, and the event's `type` — and a channel whose text ends in what
-    can still become one of the conversation's pseudonyms (`<PER`) holds that event
-    back, with every later one, until the channel's next text decides: the pseudonym
-    completes (its pieces are cut out of the held events and the original written
-    where it ends) or it does not (the events go on as they were). At most
-    _MAX_HELD_EVENTS events or _MAX_HELD_BYTES are held; the end of the stream releases
-    everything.
-
-    Events with nothing to restore go on byte for byte; in the others only the changed
-    string literals are rewritten. An event whose JSON spans several `data:` lines (no
-    vendor sends one) is passed on as it is.
-    """
-
-    def __init__(self, reid: Reidentifier, json_output: bool = False) -> None:
-        self._reid = reid
-        self._json_output = json_output
-        self._buffer = b""  # an unfinished event
-        self._skipping = False  # inside an oversized event: bytes go on until its end
-        self._queue: list[_Event] = []
-        self._queued_bytes = 0
-        self._held: dict[tuple[Any, ...], _Held] = {}
-
-    def __call__(self, chunk: bytes) -> bytes:
-        out: list[bytes] = []
-        if not chunk:  # the end
-            if self._buffer and not self._skipping:
-                self._event(self._buffer, out)
-            elif self._buffer:
-                out.append(self._buffer)
-            self._buffer = b""
-            self._release(out)
-            return b"".join(out)
-        data = self._buffer + chunk
-        start = 0
-        # the end of an event may straddle the chunk boundary: look 3 bytes back
-        for end in _EVENT_END.finditer(data, max(0, len(self._buffer) - 3)):
-            if self._skipping:
-                out.append(data[start:end.end()])
-                self._skipping = False
-            else:
-                self._event(data[start:end.end()], out)
-            start = end.end()
-        self._buffer = data[start:]
-        if self._skipping or len(self._buffer) > _MAX_EVENT:
-            self._release(out)
-            keep = self._buffer[-3:]  # may begin the end of the event
-            out.append(self._buffer[:-3])
-            self._buffer, self._skipping = keep, True
-        return b"".join(out)
-
-    def _release(self, out: list[bytes]) -> None:
-        """Give up on every held pseudonym start: the held events go as they are."""
-        self._held.clear()
-        out.extend(event.bytes() for event in self._queue)
-        self._queue.clear()
-        self._queued_bytes = 0
-
-    def _event(self, raw: bytes, out: list[bytes]) -> None:
-        event = _Event(raw)
-        if self._held or _maybe(raw):
-            self._restore(event)
-        if not self._held and not self._queue:
-            out.append(event.bytes())
-            return
-        self._queue.append(event)
-        self._queued_bytes += len(raw)
-        if not self._held:
-            out.extend(e.bytes() for e in self._queue)
-            self._queue.clear()
-            self._queued_bytes = 0
-        elif len(self._queue) > _MAX_HELD_EVENTS or self._queued_bytes > _MAX_HELD_BYTES:
-            self._release(out)
-
-    def _restore(self, event: _Event) -> None:
-        raw = event.raw
-        at = raw.find(b"data:")
-        while at > 0 and raw[at - 1:at] not in (b"\n", b"\r"):
-            at = raw.find(b"data:", at + 1)
-        if at < 0 or raw.find(b"\ndata:", at + 1) >= 0 or raw.find(b"\rdata:", at + 1) >= 0:
-            return  # no data, or more than one data line
-        start = at + 5 + (raw[at + 5:at + 6] == b" ")
-        ends = [e for e in (raw.find(b"\n", start), raw.find(b"\r", start)) if e >= 0]
-        end = min(ends) if ends else len(raw)
-        try:
-            doc = orjson.loads(raw[start:end])
-        except orjson.JSONDecodeError:  # [DONE], or not JSON: nothing to read
-            return
-        kind = doc.get("type") if isinstance(doc, dict) else None
-        literals = list(_LITERAL.finditer(raw, start, end))
-        strings = list(_in_order(doc, kind))
-        if len(literals) != len(strings):  # duplicate keys: cannot tell which is which
-            return
-        arguments_event = isinstance(kind, str) and kind.endswith("arguments.delta")
-        for m, site in zip(literals, strings, strict=True):
-            if site is None:
-                continue
-            holder, key, channel = site
-            if key in _UNTOUCHED_KEYS or (channel not in self._held and "<" not in holder[key]):
-                continue
-            event.sites.append((holder, key, m.start(), m.end(), holder[key]))
-            json_text = self._json_output or key in _JSON_TEXT_KEYS \
-                or (arguments_event and key == "delta")
-            self._site(holder, key, channel, json_text)
-
-    def _site(self, holder: Any, key: Any, channel: tuple[Any, ...], json_text: bool) -> None:
-        text: str = holder[key]
-        values, prefixes = self._reid._values, self._reid._prefixes
-        held = self._held.pop(channel, None)
-        new = None
-        if held is not None:
-            combined = held.text + text
-            m = _TOKEN_START.match(combined)
-            value = values.get(m.group()) if m else None
-            if m is not None and value is not None:
-                for piece_holder, piece_key, n in held.pieces:
-                    if n:
-                        piece_holder[piece_key] = piece_holder[piece_key][:-n]
-                new = (_escaped(value) if json_text else value) + \
-                    self._reid._sub(combined[m.end():], json_text)
-            elif combined in prefixes:  # still only a start: hold this piece too
-                held.text = combined
-                held.pieces.append((holder, key, len(text)))
-                self._held[channel] = held
-                return
-        if new is None:
-            new = self._reid._sub(text, json_text) if "<" in text else text
-        holder[key] = new
-        at = new.rfind("<", max(0, len(new) - _MAX_TOKEN))
-        if at >= 0 and new[at:] in prefixes:
-            self._held[channel] = _Held(new[at:], [(holder, key, len(new) - at)])
-
-
-def _in_order(doc: Any, kind: Any) -> Iterable[tuple[Any, Any, tuple[Any, ...]] | None]:
-    """For every string literal of `doc`'s JSON, in document order: (holder, key,
-    channel) for a string value, None for an object key (or a bare string document)."""
-    if not isinstance(doc, (dict, list)):
-        if isinstance(doc, str):
-            yield None
-        return
-    stack = [_frame(doc, (kind,))]
-    while stack:
-        node, path, ident, entries = stack[-1]
-        entry = next(entries, None)
-        if entry is None:
-            stack.pop()
-            continue
-        key, value = entry
-        if ident is not None:  # an object: its key is a literal too
-            yield None
-            child: tuple[Any, ...] = (*path, ident, key)
-        elif isinstance(value, dict) and any(k in value for k in _CHANNEL_KEYS):
-            child = path  # an entry that names itself is one channel wherever it sits
-        else:
-            child = (*path, key)
-        if isinstance(value, str):
-            yield node, key, child
-        elif isinstance(value, (dict, list)):
-            stack.append(_frame(value, child))
-
-
-def _frame(node: Any, path: tuple[Any, ...]) -> tuple[Any, tuple[Any, ...], Any, Any]:
-    if isinstance(node, dict):
-        ident: tuple[Any, ...] = ()
-        for k in _CHANNEL_KEYS:
-            if k in node and not isinstance(node[k], (dict, list)):
-                ident = (*ident, (k, node[k]))
-        return node, path, ident, iter(node.items())
-    return node, path, None, enumerate(node)
