@@ -693,6 +693,13 @@ def test_a_good_rules_file_loads() -> None:
      """, "rules.yaml:6:5: rule 'bad-kind': GENERIC_SECRET is a secret type; `kind` is "
           "secret or left out"),
     ("""\
+     - id: bad-until
+       entity: PRIVATE_KEY
+       pattern: '-----BEGIN KEY-----'
+       until: '-----END('
+     """, "rules.yaml:7:5: rule 'bad-until': `until` is not a valid regex: missing ), "
+          "unterminated subpattern at position 8"),
+    ("""\
      - id: empty-match
        entity: GENERIC_SECRET
        pattern: '[a-z]*'

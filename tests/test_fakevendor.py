@@ -397,6 +397,28 @@ def test_bench_is_fast_path_over_keep_alive(vendor: Vendor) -> None:
     assert replies == [(200, b'{"ok":true}')] * 3
 
 
+def test_a_scripted_reply_is_what_every_model_but_echo_says(vendor: Vendor) -> None:
+    with vendor.http() as client:
+        client.post("/_fake/reply", json={"text": "abcdefgh", "chunk": 3}).raise_for_status()
+        assert client.post("/_fake/reply", json={"chunk": 3}).status_code == 400
+    try:
+        body = {"model": "m", "messages": [], "stream": True}
+        pieces = [json.loads(d)["choices"][0]["delta"].get("content")
+                  for d in _data(_raw_sse(vendor, "/v1/chat/completions", body))[:-1]]
+        assert pieces == ["", "abc", "def", "gh", None]
+        assert _say(vendor) == "abcdefgh"
+    finally:
+        vendor.reset()
+    assert _say(vendor) == "Hello from fake anthropic"  # reset forgets it
+
+
+def _say(vendor: Vendor) -> str:
+    with vendor.anthropic() as client:
+        answer = client.messages.create(model="m", max_tokens=5, messages=[
+            {"role": "user", "content": "hi"}])
+    return str(answer.content[0].text)
+
+
 # --- process and in-process lifecycle --------------------------------------------------
 
 

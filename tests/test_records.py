@@ -42,6 +42,7 @@ def full_facts() -> RequestFacts:
         limits={"state": "reserved", "scopes": ["team:finance"],
                 "estimate": {"requests": 1, "tokens": 1040, "spend_usd": 0.0007}},
         redactions={"EMAIL_ADDRESS": {"mask": 2}, "PERSON": {"pseudonymize": 1}},
+        response_redactions={"AWS_ACCESS_KEY": {"mask": 1}, "JWT": {"log": 2}},
         message=None, status=200, error=None, latency_ms=812.5, upstream_ms=640.25, bytes_in=1234,
         bytes_out=5678, usage={"input_tokens": 12, "output_tokens": 34},
         credential={"path": "egressguard/vendors/openai", "version": 3},
@@ -118,6 +119,7 @@ def test_a_full_record() -> None:
         "limits": {"state": "reserved", "scopes": ["team:finance"],
                    "estimate": {"requests": 1, "tokens": 1040, "spend_usd": 0.0007}},
         "redactions": {"EMAIL_ADDRESS": {"mask": 2}, "PERSON": {"pseudonymize": 1}},
+        "response_redactions": {"AWS_ACCESS_KEY": {"mask": 1}, "JWT": {"log": 2}},
         "message": None, "status": 200, "error": None, "latency_ms": 812.5,
         "upstream_ms": 640.25, "bytes_in": 1234, "bytes_out": 5678,
         "usage": {"input_tokens": 12, "output_tokens": 34},
@@ -129,7 +131,8 @@ def test_a_minimal_record_defaults_to_nulls() -> None:
     record = build(minimal_facts())
     nulls = [k for k, v in record.items() if v is None]
     assert nulls == ["agent", "team", "token_id", "vendor", "model", "stream", "policy",
-                     "rule", "clamps", "limits", "redactions", "error", "latency_ms",
+                     "rule", "clamps", "limits", "redactions", "response_redactions", "error",
+                     "latency_ms",
                      "upstream_ms", "usage", "credential"]
     assert (record["kind"], record["decision"], record["bytes_in"], record["bytes_out"]) == (
         "connect", "deny", 0, 0)

@@ -152,3 +152,48 @@ detectors:
     flow = chat(pipeline, "masker", "use acme_live_" + "k3y9" * 6 + " for the call")
     assert flow.response.status_code == 403
     assert pipeline.records()[-1]["redactions"] == {"GENERIC_SECRET": {"block": 1}}
+
+
+AWS_KEY = "AKIA" + "Q7ZX3M2B" * 2  # synthetic, shaped like an AWS access key id
+
+
+def _delta(text: str) -> bytes:
+    return b"data: " + orjson.dumps({"choices": [{"index": 0, "delta": {
+        "content": text}}]}) + b"\n\n"
+
+
+def test_a_secret_in_the_answer_is_masked_and_counted(pipeline) -> None:
+    answer = pipeline.Upstream.json({"choices": [{"message": {
+        "role": "assistant", "content": f"Try {AWS_KEY} for the bucket."}}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 5}})
+    flow = chat(pipeline, "masker", "which key?", upstream=answer)
+    assert orjson.loads(flow.response.content)["choices"][0]["message"]["content"] == \
+        "Try <AWS_ACCESS_KEY> for the bucket."
+    [record] = pipeline.records()
+    assert record["response_redactions"] == {"AWS_ACCESS_KEY": {"mask": 1}}
+    assert record["redactions"] is None  # the request itself held nothing
+    assert AWS_KEY not in pipeline.journal_bytes().decode()
+
+
+def test_a_secret_streamed_over_events_is_masked(pipeline) -> None:
+    pieces = ["Try ", AWS_KEY[:3], AWS_KEY[3:9], AWS_KEY[9:], " now"]
+    stream = pipeline.Upstream.sse(*map(_delta, pieces), b"data: [DONE]\n\n")
+    token = pipeline.token("masker")
+    flow = pipeline.request(pipeline.tunnel(OPENAI), headers=[
+        ("Authorization", f"Bearer {token}")], body={"model": "gpt-4o-mini", "stream": True,
+                                                     "messages": [{"role": "user",
+                                                                   "content": "key?"}]})
+    received = pipeline.run(flow, upstream=stream)
+    assert AWS_KEY[3:].encode() not in received
+    text = "".join(orjson.loads(line[6:])["choices"][0]["delta"]["content"]
+                   for line in received.split(b"\n\n") if line.startswith(b"data: {"))
+    assert text == "Try <AWS_ACCESS_KEY> now"
+    assert pipeline.records()[-1]["response_redactions"] == {"AWS_ACCESS_KEY": {"mask": 1}}
+
+
+def test_a_plan_without_secret_types_leaves_answers_as_they_are(pipeline) -> None:
+    answer = pipeline.Upstream.json({"choices": [{"message": {
+        "role": "assistant", "content": f"Try {AWS_KEY}."}}]})
+    flow = chat(pipeline, "pseudo", "which key?", upstream=answer)
+    assert AWS_KEY in orjson.loads(flow.response.content)["choices"][0]["message"]["content"]
+    assert pipeline.records()[0]["response_redactions"] is None

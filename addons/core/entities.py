@@ -36,3 +36,12 @@ def expand(plan: dict[str, str]) -> dict[str, str]:
             out.setdefault(entity, action)
     out.update({k: v for k, v in plan.items() if k not in GROUPS})
     return out
+
+
+def answer_plan(plan: dict[str, str]) -> dict[str, str]:
+    """What a rule's expanded plan does to secrets in the vendor's *answer*: a type
+    the plan logs is logged; one it masks, pseudonymizes or blocks is masked (an
+    answer cannot be refused halfway, and a pseudonym would stand for nothing the
+    agent sent). PII types are left out: the answer is about the agent's own data."""
+    secrets = frozenset(SECRETS)
+    return {e: "log" if a == "log" else "mask" for e, a in plan.items() if e in secrets}

@@ -378,7 +378,8 @@ class _Reader:
             if "max_request_bytes" in spec else None,
             redact=(redact := self.redact(spec["redact"], (*path, "redact"))
                     if "redact" in spec else MappingProxyType({})),
-            plan=MappingProxyType(entities.expand(dict(redact))),
+            plan=(plan := MappingProxyType(entities.expand(dict(redact)))),
+            answers=MappingProxyType(entities.answer_plan(dict(plan))),
             secret=secret, key_pool=pool,
             limits=self.rule_limits(spec["limits"], (*path, "limits")) if "limits" in spec
             else MappingProxyType({}),

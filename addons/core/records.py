@@ -53,6 +53,7 @@ class RequestFacts:
     clamps: dict[str, Any] | None = None
     limits: dict[str, Any] | None = None
     redactions: dict[str, dict[str, int]] | None = None
+    response_redactions: dict[str, dict[str, int]] | None = None  # secrets in the answer
     message: str | None = None
     status: int | None = None
     error: str | None = None
@@ -97,6 +98,7 @@ def build(facts: RequestFacts) -> dict[str, Any]:
         "clamps": facts.clamps,
         "limits": facts.limits,
         "redactions": facts.redactions,
+        "response_redactions": facts.response_redactions,
         "message": text(facts.message),
         "status": facts.status,
         "error": text(facts.error),

@@ -124,6 +124,7 @@ class Rule:
     max_request_bytes: int | None = None
     redact: Mapping[str, str] = _frozen_map()  # entity type or group -> action, as written
     plan: Mapping[str, str] = _frozen_map()  # the same with groups spread out, for Redact
+    answers: Mapping[str, str] = _frozen_map()  # secret type -> mask/log in the answer
     secret: str | None = None  # Vault path template, instead of the `secrets:` default
     key_pool: tuple[str, ...] = ()
     limits: Mapping[str, LimitSpec] = _frozen_map()  # "agent" / "team" -> spec

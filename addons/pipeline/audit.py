@@ -56,6 +56,8 @@ def facts(flow: http.HTTPFlow) -> records.RequestFacts:
     f.clamps = meta.get(flowstate.CLAMPS)
     f.limits = meta.get(flowstate.LIMITS)
     f.redactions = meta.get(flowstate.REDACTIONS)
+    if (mask := meta.get(flowstate.ANSWER_MASK)) is not None:
+        f.response_redactions = mask.record()
     if dest is not None and dest.vendor is not None:
         f.vendor = dest.vendor.name
     if info is not None:

@@ -40,6 +40,7 @@ LIMITS = "egressguard.limits"  # limit state, as recorded in the audit record
 RESERVATION = "egressguard.reservation"  # limits reserved, settled when the flow ends
 REDACTIONS = "egressguard.redactions"  # {entity: {action: count}}, for the audit record
 REIDENTIFY = "egressguard.reidentify"  # (Reidentifier, json_output): pseudonyms to restore
+ANSWER_MASK = "egressguard.answer_mask"  # answers.SecretMask: secrets masked in the answer
 AUDITED = "egressguard.audited"
 
 REQUEST_ID_HEADER = "x-egressguard-request-id"

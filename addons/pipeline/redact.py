@@ -6,7 +6,9 @@ PERSON/LOCATION only when the plan names them (`backends.ner`, in a worker threa
 Findings are cached per text by content digest, so the history a conversation
 re-sends on every turn costs a dictionary lookup. Then per finding: mask,
 pseudonymize (restored in the answer by ResponseWatch), block (the request is
-refused, naming the entity types, never the values) or log (counted).
+refused, naming the entity types, never the values) or log (counted). The plan's
+secret types are also looked for in the vendor's answer (`answers.SecretMask`, applied
+by ResponseWatch).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from mitmproxy import http
 from egressguard.backends.ner import NerEngine, NerUnavailable
 from egressguard.core import entities
 from egressguard.core.errors import PolicyDenied
-from egressguard.core.redact import Finding, actions, fields
+from egressguard.core.redact import Finding, actions, answers, fields
 from egressguard.core.redact.detect import Detector, default_detector
 from egressguard.pipeline import flowstate
 
@@ -48,6 +50,10 @@ class Redact:
         if decision is None or decision.rule is None or not decision.rule.plan:
             return
         plan = decision.rule.plan
+        policy = flow.metadata[flowstate.POLICY]
+        if decision.rule.answers:  # set first: an answer to any request of the rule is read
+            flow.metadata[flowstate.ANSWER_MASK] = answers.SecretMask(
+                policy.detector or self.detector or default_detector(), decision.rule.answers)
         vendor = flow.metadata[flowstate.DESTINATION].vendor
         body = flow.metadata[flowstate.REQUEST].body
         endpoint = flow.metadata[flowstate.ASK].endpoint  # classified once, by Enforce
@@ -67,7 +73,6 @@ class Redact:
         pseudonyms = self.pseudonyms.conversation(actions.conversation_key(
             decision.agent or "", opening)) if opening else actions.Pseudonyms()
         try:
-            policy = flow.metadata[flowstate.POLICY]
             outcomes = [o for slot in fields.text_slots(vendor.api, endpoint, body)
                         if (o := await self._redact(slot, plan, pseudonyms, policy.detector,
                                                     policy.digest)) is not None]

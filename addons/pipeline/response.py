@@ -1,4 +1,5 @@
-"""The way back: stream SSE through unbuffered, read token usage, scrub key echoes."""
+"""The way back: stream SSE through unbuffered, read token usage, scrub key echoes,
+mask the secrets the rule looks for, restore pseudonyms."""
 
 from __future__ import annotations
 
@@ -8,20 +9,22 @@ from mitmproxy import http
 
 from egressguard.core import usage
 from egressguard.core.credentials import KeyScrubber
+from egressguard.core.redact.sse import SseRewriter, Stage
 from egressguard.pipeline import flowstate
 
 
 class StreamTap:
     """mitmproxy stream callable for an SSE response: reads usage from the vendor's
     bytes, takes out what egressguard's own request for usage added (`hide_usage`),
-    and passes each chunk on as it arrives, minus any real-key echo."""
+    and passes each chunk on as it arrives, minus any real-key echo, then through
+    `rewrite` (secrets masked, pseudonyms restored), which may hold text back."""
 
     def __init__(self, scrubber: KeyScrubber, hide_usage: bool = False,
-                 restore: Callable[[bytes], bytes] | None = None) -> None:
+                 rewrite: Callable[[bytes], bytes] | None = None) -> None:
         self.scrubber = scrubber
         self.sse = usage.SseUsage()
         self.hide = usage.UsageChunkFilter() if hide_usage else None
-        self.restore = restore  # pseudonyms back to the agent's own values, last
+        self.rewrite = rewrite
         self.bytes = 0
 
     def __call__(self, chunk: bytes) -> bytes | list[bytes]:
@@ -35,8 +38,8 @@ class StreamTap:
         else:  # the end: what the filter held, then what the scrubber held
             rest = self.hide(b"")
             out = (self.scrubber(rest) if rest else b"") + self.scrubber(b"")
-        if self.restore is not None:  # b"" ends its stream too: only at the end
-            out = (self.restore(out) if out else b"") + (b"" if chunk else self.restore(b""))
+        if self.rewrite is not None:  # b"" ends its stream too: only at the end
+            out = (self.rewrite(out) if out else b"") + (b"" if chunk else self.rewrite(b""))
         # mitmproxy sends b"" as a chunk of its own, which in a chunked HTTP/1 response
         # is the last one: the agent would see its stream end here. Send nothing.
         return out if out or not chunk else []
@@ -50,10 +53,9 @@ class ResponseWatch:
         if flowstate.REFUSAL in flow.metadata:
             return
         if flow.response.headers.get("content-type", "").startswith("text/event-stream"):
-            reidentify = flow.metadata.get(flowstate.REIDENTIFY)
             tap = StreamTap(KeyScrubber(self._keys(flow)),
                             hide_usage=bool(flow.metadata.get(flowstate.HIDE_STREAM_USAGE)),
-                            restore=reidentify[0].stream(reidentify[1]) if reidentify else None)
+                            rewrite=self._rewriter(flow))
             flow.response.stream = tap
             # filled as events pass: complete even if the agent hangs up after the last one
             flow.metadata[flowstate.USAGE] = tap.sse.usage
@@ -70,10 +72,25 @@ class ResponseWatch:
         if "json" in response.headers.get("content-type", ""):
             flow.metadata[flowstate.USAGE] = usage.from_body(body)
         clean = KeyScrubber(self._keys(flow)).scrub(body)
-        if reidentify := flow.metadata.get(flowstate.REIDENTIFY):
+        if mask := flow.metadata.get(flowstate.ANSWER_MASK):  # the vendor's text first,
+            clean = mask.buffered(clean)
+        if reidentify := flow.metadata.get(flowstate.REIDENTIFY):  # then the agent's own
             clean = reidentify[0].buffered(clean)
-        if clean is not body:  # both return their input untouched when nothing matched
+        if clean is not body:  # each returns its input untouched when nothing matched
             response.content = clean
+
+    @staticmethod
+    def _rewriter(flow: http.HTTPFlow) -> SseRewriter | None:
+        """Secrets masked, then pseudonyms restored, per SSE event: None if neither."""
+        stages: list[Stage] = []
+        if mask := flow.metadata.get(flowstate.ANSWER_MASK):
+            stages.append(mask)
+        reidentify = flow.metadata.get(flowstate.REIDENTIFY)
+        if reidentify is not None:
+            stages.append(reidentify[0])
+        if not stages:
+            return None
+        return SseRewriter(stages, json_output=bool(reidentify and reidentify[1]))
 
     @staticmethod
     def _keys(flow: http.HTTPFlow) -> list[bytes]:

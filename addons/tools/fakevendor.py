@@ -6,7 +6,9 @@ official SDKs to parse its replies, records every request it receives, and serve
 certificate (from `make_pki`) covering every vendor host name, so a proxy can route to
 it with an upstream map while keeping the real SNI and Host. The request's `model`
 drives test behaviour: `slow-stream`, `echo-headers`, `echo` (answers with the last
-message's text), `error-500`.
+message's text), `error-500`. `POST /_fake/reply {"text": ..., "chunk": N}` makes every
+other model answer with that text (streamed N characters per event), as a vendor
+whose model writes out what it should not; `POST /_fake/reset` forgets it.
 
     python -m egressguard.tools.fakevendor --listen 127.0.0.1:0 --pki-dir DIR
 """
@@ -191,12 +193,21 @@ def _last_text(payload: dict[str, Any]) -> str:
     return content if isinstance(content, str) else ""
 
 
+@dataclass(frozen=True)
+class Script:
+    """What the models answer until reset (`/_fake/reply`)."""
+
+    text: str
+    chunk: int | None = None  # characters per streamed event; None: a word each
+
+
 @dataclass
 class _Call:
     req: Received
     vendor: str
     payload: dict[str, Any]
     model: str
+    script: Script | None = None
 
     @property
     def stream(self) -> bool:
@@ -208,10 +219,15 @@ class _Call:
             return "\n".join(f"{name}: {value}" for name, value in self.req.headers)
         if self.model == "echo":  # the last message's text, as this vendor received it
             return _last_text(self.payload)
+        if self.script is not None:
+            return self.script.text
         return f"Hello from fake {self.vendor}"
 
     @property
     def chunks(self) -> list[str]:
+        if self.script is not None and self.script.chunk and self.model != "echo":
+            n = self.script.chunk
+            return [self.text[i:i + n] for i in range(0, len(self.text), n)]
         return re.findall(r"\S+\s*", self.text)
 
     @property
@@ -240,7 +256,7 @@ def vendor_for(host: str, path: str) -> str:
     return "google" if _GEMINI.match(path) else "openai"
 
 
-def handle(req: Received) -> Reply:
+def handle(req: Received, script: Script | None = None) -> Reply:
     """The fake vendor's answer to one (non-control) request."""
     vendor = vendor_for(req.header("host") or "", req.path)
     if not _has_credential(req):
@@ -254,7 +270,7 @@ def handle(req: Received) -> Reply:
         return _error(vendor, 400, "request body must be a JSON object")
     gemini, azure = _GEMINI.match(req.path), _AZURE.match(req.path)
     model = gemini[1] if gemini else str(payload.get("model") or (azure[1] if azure else ""))
-    call = _Call(req, vendor, payload, model)
+    call = _Call(req, vendor, payload, model, script)
     if model == "error-500":
         return _error(vendor, 500, "the fake vendor failed, as asked by model error-500")
     if req.method == "POST":
@@ -430,6 +446,7 @@ class FakeVendor:
     def __init__(self, pki: Pki, host: str = "127.0.0.1", port: int = 0) -> None:
         self.pki, self.host, self.port = pki, host, port
         self.received: list[Received] = []
+        self.script: Script | None = None
         self._server: asyncio.Server | None = None
         self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
 
@@ -496,7 +513,7 @@ class FakeVendor:
             reply = _BENCH  # not recorded: benchmarks send millions
         else:
             self.received.append(req)
-            reply = handle(req)
+            reply = handle(req, self.script)
         await _send(conn, writer, reply)
         return conn.our_state is h11.DONE and conn.their_state is h11.DONE
 
@@ -505,6 +522,14 @@ class FakeVendor:
             return _json(200, [r.to_json() for r in self.received])
         if (req.method, req.path) == ("POST", "/_fake/reset"):
             self.received.clear()
+            self.script = None
+            return _json(200, {"ok": True})
+        if (req.method, req.path) == ("POST", "/_fake/reply"):
+            try:
+                spec = json.loads(req.body)
+                self.script = Script(str(spec["text"]), spec.get("chunk"))
+            except (ValueError, KeyError, TypeError) as exc:
+                return _json(400, {"error": f"expected {{\"text\": ..., \"chunk\": N}}: {exc}"})
             return _json(200, {"ok": True})
         return _json(404, {"error": f"no control endpoint {req.method} {req.path}"})
 

@@ -191,8 +191,15 @@ class Stack:
             return list(client.get("/_fake/received").json())
 
     def reset_received(self) -> None:
+        """Forget what the fake vendor received, and any scripted reply."""
         with self._vendor_client() as client:
             client.post("/_fake/reset")
+
+    def script_reply(self, text: str, chunk: int | None = None) -> None:
+        """Make the fake vendor's models answer `text` (streamed `chunk` characters per
+        event) until `reset_received`."""
+        with self._vendor_client() as client:
+            client.post("/_fake/reply", json={"text": text, "chunk": chunk}).raise_for_status()
 
     def _vendor_client(self) -> httpx.Client:
         ctx = ssl.create_default_context(cafile=str(self.pki / "ca.pem"))

@@ -82,3 +82,42 @@ def test_a_secret_is_refused_by_type_never_by_value(stack: Stack, keys: dict[str
     record = stack.wait_records(1)[-1]
     assert (record["reason"], record["redactions"]) == (
         "redaction_blocked", {"ANTHROPIC_OAUTH_TOKEN": {"block": 1}})
+
+
+# A credential the vendor's model writes out on its own (it was in no request): shaped
+# like a GitHub token, synthetic.
+LEAKED = "ghp_" + "Wd3kP9" * 6
+
+
+@pytest.fixture
+def leaky_vendor(stack: Stack) -> Iterator[None]:
+    stack.script_reply(f"Sure: clone with {LEAKED} and push.", chunk=5)
+    yield
+    stack.reset_received()
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["buffered", "streamed"])
+def test_a_secret_the_model_writes_never_reaches_the_openai_agent(
+        stack: Stack, keys: dict[str, str], openai_client, leaky_vendor: None,
+        streamed: bool) -> None:
+    client = openai_client(api_key=stack.token("support-bot"))
+    response = client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "how do I clone?"}],
+        stream=streamed)
+    text = "".join(c.choices[0].delta.content or "" for c in response if c.choices) \
+        if streamed else response.choices[0].message.content
+    assert text == "Sure: clone with <GITHUB_TOKEN> and push."
+    record = stack.wait_records(1)[-1]
+    assert record["response_redactions"] == {"GITHUB_TOKEN": {"mask": 1}}
+    journal = b"".join(p.read_bytes() for p in stack.journal.glob("*.jsonl")).decode()
+    assert LEAKED not in journal and LEAKED[4:20] not in stack.proxy_output()
+
+
+def test_a_secret_the_model_writes_never_reaches_the_anthropic_agent(
+        stack: Stack, keys: dict[str, str], anthropic_client, leaky_vendor: None) -> None:
+    client = anthropic_client(api_key=stack.token("support-bot"))
+    with client.messages.stream(model="claude-sonnet-4-5", max_tokens=64, messages=[
+            {"role": "user", "content": "how do I clone?"}]) as stream:
+        text = "".join(stream.text_stream)
+    assert text == "Sure: clone with <GITHUB_TOKEN> and push."
+    assert stack.wait_records(1)[-1]["response_redactions"] == {"GITHUB_TOKEN": {"mask": 1}}

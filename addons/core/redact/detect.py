@@ -21,6 +21,8 @@ import ipaddress
 import json
 import math
 import re
+import re._constants as _sre
+import re._parser as _sre_parser
 import unicodedata
 import urllib.parse
 from bisect import bisect_right
@@ -31,6 +33,8 @@ from functools import cache
 from importlib import resources
 from itertools import chain
 from typing import Any
+
+import regex as partial_re  # the `regex` package: partial matches, for streamed text
 
 from egressguard.core import entities as entity_types
 from egressguard.core.redact import Finding
@@ -51,7 +55,7 @@ ENCODED_RUN = (16, 16384)
 
 _KEYS = ("id", "entity", "kind", "pattern", "ignore_case", "starts", "anchor", "reach",
          "keywords", "validators", "score", "context", "min_score", "exclude_context",
-         "entropy")
+         "entropy", "until")
 _REQUIRED = ("id", "entity", "pattern")
 _ID = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 _ESCAPES = re.compile(r"\\.|\(\?P[<=]\w+[>)]")  # \S, \W, group names: not literals
@@ -82,6 +86,7 @@ class Rule:
     min_score: float = 0.0
     exclude_context: frozenset[str] = frozenset()
     entropy: float = 3.0
+    until: re.Pattern[str] | None = None  # streamed answers: a match waits until this follows
     rank: int = field(init=False)  # who wins an overlap: 2 vendor secret, 1 generic, 0 PII
 
     def __post_init__(self) -> None:
@@ -396,6 +401,8 @@ def _compile_rule(spec: Any, at: Path_, where: Where, problems: list[Problem],
     numbers = {key: _number(spec, key, lo, hi, label, problem)
                for key, lo, hi in (("score", 0, 1), ("min_score", 0, 1), ("entropy", 0, 8))}
     keywords = tuple(k.lower() for k in _strings(spec, "keywords", label, problem))
+    until = _regex(spec.get("until"), label, lambda m: problem("until", m.replace(
+        "the pattern", "`until`"))) if "until" in spec else None
     context = tuple(k.lower() for k in _strings(spec, "context", label, problem))
     exclude = frozenset(k.lower() for k in _strings(spec, "exclude_context", label, problem))
     if len(problems) > before or regex is None or kind is None:
@@ -417,7 +424,7 @@ def _compile_rule(spec: Any, at: Path_, where: Where, problems: list[Problem],
         anchor=anchor.lower() if ignore_case else anchor, reach=reach,
         keywords=keywords, validators=tuple(validators),
         score=score, context=context, min_score=min_score,
-        exclude_context=exclude,
+        exclude_context=exclude, until=until,
         entropy=numbers["entropy"] if numbers["entropy"] is not None else 3.0)
 
 
@@ -700,6 +707,7 @@ class Detector:
         self.entities = frozenset(r.entity for r in self.rules)
         self._subsets: dict[frozenset[str], tuple[Rule, ...]] = {}
         self._secrets: dict[tuple[Rule, ...], tuple[Rule, ...]] = {}
+        self._gates: dict[frozenset[str], StreamGate] = {}
 
     @classmethod
     def from_rules(cls, extra: Sequence[Mapping[str, Any]] = (), source: str = "<rules>",
@@ -733,6 +741,16 @@ class Detector:
             return [Finding(c[4], c[5], c[0], c[1], c[3]) for c in chosen]
         return [Finding(c[4], c[5], offsets.start(c[0]), offsets.end(c[1]), c[3])
                 for c in chosen]
+
+    def gate(self, entities: Collection[str]) -> StreamGate:
+        """The `StreamGate` of the secret rules for `entities`, built once."""
+        key = frozenset(entities)
+        gate = self._gates.get(key)
+        if gate is None:
+            gate = StreamGate(tuple(r for r in self._select(key) if r.kind == "secret"))
+            if len(self._gates) < 64:
+                self._gates[key] = gate
+        return gate
 
     def _select(self, entities: Collection[str] | None) -> tuple[Rule, ...]:
         if entities is None:
@@ -805,6 +823,227 @@ class Detector:
                 best = max(inner, key=lambda c: (c[2], c[1] - c[0], c[3]))
                 found.append((start, end, best[2], best[3], best[4], "secret"))
         return found
+
+
+_RUN_SET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/_%=-"
+_ANY_RUN = re.compile(f"[{_RUN_CHARS}]{{{ENCODED_RUN[0]}}}")
+_HELD_RUN = 12  # a trailing run this long, not a plain word, may be an encoded secret
+# a JSON string literal's text, and the colon after it if it is an object's key
+_RAW_VALUE = re.compile(rb'"((?:[^"\\]|\\.)*)"(\s*:)?')
+_PARTIAL_SURE = 4  # a partial match this long has passed the rules' own lookbehinds
+
+
+class StreamGate:
+    """What a streamed text's end may still become, by the secret rules' patterns.
+
+    A streamed answer arrives a few characters at a time; a key must not be released
+    while its first half is all there is (`sk-proj-Ab` could go on to be one). `pending`
+    says where the end of a text may still be, or grow into, a secret: a partial match
+    of a rule's pattern running to the end (the `regex` package's partial matching), a
+    complete one followed by nothing but white space (more key characters may follow),
+    one of a rule with `until` not yet followed by a match of that (a PEM block before
+    its END line), or a run of base64/hex
+    characters long enough to decode. A short partial match inside a word (the `s` of
+    `tokens` could begin `sk-`) is not held: the rules' lookbehinds refuse a secret
+    that starts mid-word once its prefix is there to test.
+
+    `maybe` is the cheap test before the detector proper: a text no pattern matches,
+    with no encoded run and no character to normalise, holds no secret.
+
+    Both run once per streamed event, so a rule is only tried where it can be: where
+    one of the literals every match starts with occurs, or where the text ends in the
+    beginning of one (`_literal_starts`); a rule without such literals is always tried.
+    """
+
+    def __init__(self, rules: Sequence[Rule]) -> None:
+        self.rules = tuple(rules)
+        # per rule: (its pattern for partial matching, its start literals or None)
+        self._partial = [partial_re.compile(r.regex.pattern, partial_re.IGNORECASE
+                                            if r.ignore_case else 0) for r in self.rules]
+        self._starts = [_literal_starts(r) for r in self.rules]
+        self._always = frozenset(i for i, lits in enumerate(self._starts) if not lits)
+        self._heads: dict[str, set[int]] = {}  # a literal's proper prefix -> rules
+        exact: dict[str, set[int]] = {}  # literal -> rules (lower-cased for ignore_case)
+        folded: dict[str, set[int]] = {}
+        for i, lits in enumerate(self._starts):
+            for lit in lits or ():
+                (folded if self.rules[i].ignore_case else exact).setdefault(lit, set()).add(i)
+                assert not any(c.isspace() for c in lit), lit  # see _candidates
+                for n in range(1, len(lit)):
+                    self._heads.setdefault(lit[:n], set()).add(i)
+        self._longest_head = max(map(len, self._heads), default=0)
+        self._folded = bool(folded)
+        # one scan finds every literal; a literal found stands for each one inside it
+        # (the scan does not overlap: `xoxe.xoxb-` hides the `xoxb-` in it)
+        self._exact = _literal_scan(exact)
+        self._lower = _literal_scan(folded)
+
+    def __bool__(self) -> bool:
+        return bool(self.rules)
+
+    def _candidates(self, scan: str, lowered: str, ends: bool) -> set[int]:
+        """Rules that can match in `scan` (a literal occurs), or, with `ends`, whose
+        literal `scan` ends in the beginning of (a short beginning only where a word
+        starts: no secret starts inside a word)."""
+        found = set(self._always)
+        for where, literals in ((scan, self._exact), (lowered, self._lower)):
+            if literals is not None:
+                for m in literals[0].finditer(where):
+                    found |= literals[1][m.group()]
+        if ends:  # no literal holds white space: only the last word can begin one
+            word = len(scan) - 1 - max(scan.rfind(" "), scan.rfind("\n"), scan.rfind("\t"))
+            heads = self._heads
+            for n in range(1, min(self._longest_head, word) + 1):
+                if n < _PARTIAL_SURE and n < word and scan[-n - 1].isalnum():
+                    continue
+                if (rules := heads.get(scan[-n:])) is not None:
+                    found |= rules
+                if self._folded and (rules := heads.get(lowered[-n:])) is not None:
+                    found |= rules
+        return found
+
+    def quiet(self, text: str) -> bool:
+        """Whether `text` can neither hold nor end in (the start of) a secret: plain
+        ASCII with no rule's literal in it, not ending in the beginning of one, nor in
+        a run that may be encoded. Most of a model's tokens are; they cost this."""
+        if not text.isascii():
+            return False
+        run = len(text) - len(text.rstrip(_RUN_SET))
+        if run >= _HELD_RUN and not text[len(text) - run:].isalpha():
+            return False
+        return not self._candidates(text, text.lower() if self._folded else text, ends=True)
+
+    def quiet_event(self, raw: bytes, opaque: re.Pattern[bytes] | None = None) -> bool:
+        """`quiet` for every string value of an SSE event's JSON, read off its bytes
+        (escapes and all: an escape is not quiet); values of the `opaque` pattern's
+        keys (ids, signatures) aside."""
+        if opaque is not None:
+            raw = opaque.sub(b"", raw)
+        if not raw.isascii():
+            return False
+        for m in _RAW_VALUE.finditer(raw):
+            if m.group(2) is None and not self.quiet(m.group(1).decode("ascii")):
+                return False
+        return True
+
+    def pending(self, text: str, before: str = "") -> int:
+        """Where in `text` the part begins that may still be (part of) a secret once
+        more text follows; len(text) when none. `before`: the text that came before
+        it (for lookbehinds and word boundaries)."""
+        if not text or not self.rules or self.quiet(text):
+            return len(text)
+        subject = before[-32:] + text
+        offset = len(subject) - len(text)
+        scan, offsets = _fold(subject)
+        size = len(scan)
+        cut = size
+        run = size - len(scan.rstrip(_RUN_SET))
+        if run >= _HELD_RUN and not scan[size - run:].isalpha():
+            cut = size - run
+        lowered = scan.lower() if self._folded and len(scan.lower()) == size else scan
+        for i in self._candidates(scan, lowered, ends=True):
+            for m in self._partial[i].finditer(scan, partial=True):
+                start, end = m.span()
+                if m.partial:  # runs to the end: short ones only at a word's start
+                    held = end > start and (end - start >= _PARTIAL_SURE or start == 0
+                                            or not scan[start - 1].isalnum())
+                else:  # complete, and nothing but white space after it: may go on
+                    held = end == size or scan[end:].isspace()
+                until = self.rules[i].until
+                if not held and until is not None:  # a block not closed yet
+                    held = until.search(scan, start + 1) is None
+                if held and start < cut:
+                    cut = start
+        if cut == size:
+            return len(text)
+        where = offsets.start(cut) if offsets is not None else cut
+        return max(0, where - offset)
+
+    def maybe(self, text: str) -> bool:
+        """Whether `text` may hold a secret of these rules at all."""
+        if not self.rules or not text:
+            return False
+        if not text.isascii() or _ANY_RUN.search(text):
+            return True
+        lowered = text.lower() if self._folded else text
+        return any(self.rules[i].regex.search(lowered if self.rules[i].ignore_case else text)
+                   for i in self._candidates(text, lowered, ends=False))
+
+
+def _literal_scan(rules_of: dict[str, set[int]]
+                  ) -> tuple[re.Pattern[str], dict[str, set[int]]] | None:
+    """A regex finding any of the literals (longest first), and for each literal the
+    rules of every literal it contains."""
+    if not rules_of:
+        return None
+    literals = sorted(rules_of, key=len, reverse=True)
+    inside = {lit: set().union(*(r for other, r in rules_of.items() if other in lit))
+              for lit in literals}
+    return re.compile("|".join(map(re.escape, literals))), inside
+
+
+def _literal_starts(rule: Rule) -> tuple[str, ...] | None:
+    """Literals one of which every match of the rule starts with (its `starts`, else
+    read off the pattern: leading characters, small character sets and alternations,
+    lookarounds skipped); None when the pattern does not begin with one."""
+    if rule.starts:
+        return rule.starts
+    try:
+        parsed = _sre_parser.parse(rule.regex.pattern)
+    except (re.error, RecursionError):
+        return None
+    found, _ = _lead(list(parsed), {""})
+    found = {f.lower() if rule.ignore_case else f for f in found}
+    return tuple(sorted(found)) if found and "" not in found else None
+
+
+_LEAD_LIMIT = 32  # literals per rule; a wider pattern is tried everywhere
+
+
+def _lead(items: list[Any], acc: set[str]) -> tuple[set[str], bool]:
+    """The literal prefixes `items` (parsed regex nodes) add to each of `acc`, and
+    whether every item was read (a later item may add more)."""
+    for op, av in items:
+        if op is _sre.LITERAL:
+            acc = {a + chr(av) for a in acc}
+        elif op is _sre.IN:
+            chars = _set_chars(av)
+            if chars is None or len(acc) * len(chars) > _LEAD_LIMIT:
+                return acc, False
+            acc = {a + c for a in acc for c in chars}
+        elif op in (_sre.ASSERT, _sre.ASSERT_NOT):
+            continue  # zero width: adds nothing
+        elif op in (_sre.MAX_REPEAT, _sre.MIN_REPEAT) and av[0] == 0 and av[1] == 1:
+            taken, whole = _lead(list(av[2]), acc)  # an optional part: with it or without
+            acc = taken | acc
+            if not whole or len(acc) > _LEAD_LIMIT:
+                return acc, False
+        elif op is _sre.SUBPATTERN:
+            acc, whole = _lead(list(av[3]), acc)
+            if not whole:
+                return acc, False
+        elif op is _sre.BRANCH:
+            branches = [_lead(list(b), acc) for b in av[1]]
+            acc = set().union(*(b[0] for b in branches))
+            if len(acc) > _LEAD_LIMIT:
+                return {""}, False
+            if not all(b[1] for b in branches):
+                return acc, False
+        else:
+            return acc, False
+    return acc, True
+
+
+def _set_chars(items: list[Any]) -> list[str] | None:
+    chars: list[str] = []
+    for op, av in items:
+        if op is _sre.LITERAL:
+            chars.append(chr(av))
+        elif op is _sre.RANGE and av[1] - av[0] < 8:
+            chars += [chr(c) for c in range(av[0], av[1] + 1)]
+        else:
+            return None
+    return chars
 
 
 def _started(regex: re.Pattern[str], text: str, starts: tuple[str, ...]
