@@ -12,14 +12,14 @@ about 40 KB.
 
 egressguard, per request, is timed doing what `Redact.request` does once the policy
 has decided, on a rule whose `redact:` masks every structured PII type and blocks
-secrets (`pii: mask` minus PERSON/LOCATION: no NER): the plan expanded from the rule,
-the endpoint, the conversation's pseudonym key (`fields.opening`), the body walk
-(`fields.text_slots`), each slot through the addon's own `_redact` (findings from the
-per-text cache keyed by digest, else the detector; `actions.apply`), the audit counts,
-and the re-serialisation (`orjson.dumps`). Every request here carries a secret, so the
-proxy would refuse it and skip the re-serialisation; it is timed anyway, so the figure
-is what a request that goes through costs. Parsing the body happens earlier in the
-pipeline (`VendorRequest`); it is timed apart and shown next to it. Each conversation
+secrets (`pii: mask` minus PERSON/LOCATION: no NER): the addon's own flow-free
+`Redact.scan` (the conversation's pseudonym key, the body walk, each text's findings
+from the per-text cache keyed by digest, else the detector, and its outcome, reused
+for a text already seen), then the re-serialisation (`orjson.dumps`). Every request
+here carries a secret, so the proxy would refuse it and skip the re-serialisation; it
+is timed anyway, so the figure is what a request that goes through costs. Parsing the
+body happens earlier in the pipeline (`VendorRequest`); it is timed apart and shown
+next to it. Each conversation
 starts with a new `Redact` (cold cache), after `--warmup` untimed conversations;
 `--conversations` of them, each with fresh values. A step-by-step breakdown of one
 conversation follows, and `--profile` adds a cProfile of an untimed rerun.
@@ -371,7 +371,6 @@ class Scan:
     counts: dict[str, dict[str, int]]
     blocked: list[str]
     out: bytes | None
-    slots: int
 
 
 VENDOR = catalogue().by_name("openai")
@@ -379,32 +378,17 @@ assert VENDOR is not None
 ENDPOINT = apis.endpoint(VENDOR, "POST", PATH)
 
 
-# what `_redact`/`_structured` get from a policy without `detectors` of its own: no
-# detector (the built-in one) and a digest that then goes unused
-POLICY_ARGS = (None, "")
-
-
 async def redact_request(addon: Redact, body: Any, plan: dict[str, str]) -> Scan:
-    """`Redact.request` from the point the policy has decided, minus the flow: the same
-    calls in the same order, on the parsed body (see addons/pipeline/redact.py). `plan`
-    is the rule's, expanded once when the policy loads (`Rule.plan`)."""
-    vendor = VENDOR
-    endpoint = apis.endpoint(vendor, "POST", PATH)
-    if not fields.covered(vendor.api, endpoint):
-        raise RuntimeError(f"{endpoint} is not covered: the proxy would refuse it")
-    opening = fields.opening(vendor.api, endpoint, body) \
-        if actions.PSEUDONYMIZE in plan.values() else None
-    pseudonyms = addon.pseudonyms.conversation(actions.conversation_key(
-        AGENT, opening)) if opening else actions.Pseudonyms()
-    slots = fields.text_slots(vendor.api, endpoint, body)
-    outcomes = [o for slot in slots
-                if (o := await addon._redact(slot, plan, pseudonyms, *POLICY_ARGS)) is not None]
-    counts = actions.audit_counts(outcomes)
-    blocked = sorted({t for o in outcomes for t in o.blocked})
+    """`Redact.request` from the point the policy has decided, minus the flow: the
+    addon's own `scan` on the parsed body, then the re-serialisation. `plan` is the
+    rule's, expanded once when the policy loads (`Rule.plan`)."""
+    if not fields.covered(VENDOR.api, ENDPOINT):
+        raise RuntimeError(f"{ENDPOINT} is not covered: the proxy would refuse it")
+    scan = await addon.scan(body, VENDOR.api, ENDPOINT, plan, AGENT)
     # the proxy refuses a blocked request here; the bench re-serialises anyway, to time
     # what a request that goes through costs
-    out = orjson.dumps(body) if any(o.changed for o in outcomes) else None
-    return Scan(counts, blocked, out, len(slots))
+    out = orjson.dumps(body) if scan.changed else None
+    return Scan(scan.counts, scan.blocked, out)
 
 
 @dataclass
@@ -445,7 +429,7 @@ def egressguard_conversation(requests: Sequence[Request], plan: dict[str, str],
         if recall is not None:  # untimed: the findings the plan acts on, per slot
             for slot in fields.text_slots(VENDOR.api, ENDPOINT, orjson.loads(req.body)):
                 text = slot.text
-                found = addon._structured(text, plan, *POLICY_ARGS)  # a cache hit
+                _, found = addon._structured(text, plan, None, "")  # a cache hit
                 recall.add(text, labels(text, req.values),
                            ((f.entity, f.start, f.end) for f in found))
     return times
@@ -474,16 +458,14 @@ def breakdown(requests: Sequence[Request], plan: dict[str, str]) -> dict[str, fl
             text = slot.text
             before = len(addon._found)
             a = t()
-            found = addon._structured(text, plan, *POLICY_ARGS)
+            _, found = addon._structured(text, plan, None, "")
             b = t()
             parts["detector (new texts)" if len(addon._found) > before
                   else "cache lookup (digest)"] += b - a
-            if found:
-                outcome = actions.apply(text, found, plan, pseudonyms)
-                if outcome.changed:
-                    slot.set(outcome.text)
-                outcomes.append(outcome)
-                parts["actions.apply + slot.set"] += t() - b
+            if found:  # the addon's own step: the outcome, reused for a text seen before
+                b = t()
+                outcomes.append(drive(addon._redact(slot, plan, pseudonyms, None, "")))
+                parts["outcome (apply, or reused) + slot.set"] += t() - b
         a = t()
         actions.audit_counts(outcomes)
         b = t()

@@ -197,3 +197,30 @@ def test_a_plan_without_secret_types_leaves_answers_as_they_are(pipeline) -> Non
     flow = chat(pipeline, "pseudo", "which key?", upstream=answer)
     assert AWS_KEY in orjson.loads(flow.response.content)["choices"][0]["message"]["content"]
     assert pipeline.records()[0]["response_redactions"] is None
+
+
+def test_unchanged_history_is_masked_once(pipeline, monkeypatch) -> None:
+    from egressguard.core.redact import actions
+    applied = []
+    real = actions.apply
+    monkeypatch.setattr(actions, "apply", lambda *a: applied.append(a[0]) or real(*a))
+    for _ in range(3):
+        flow = chat(pipeline, "masker", f"mail {EMAIL}")
+        assert sent(flow) == "mail <EMAIL_ADDRESS>"
+    assert applied == [f"mail {EMAIL}"]  # the outcome is reused, not recomputed
+    assert all(r["redactions"] == {"EMAIL_ADDRESS": {"mask": 1}} for r in pipeline.records())
+
+
+def test_a_reused_outcome_never_carries_another_conversations_pseudonyms(pipeline) -> None:
+    other = "li.wei@example.net"
+    token = pipeline.token("pseudo")
+
+    def ask(opening: str) -> str:
+        flow = pipeline.send(OPENAI, "/v1/chat/completions", headers=[
+            ("Authorization", f"Bearer {token}")], body={"model": "gpt-4o-mini", "messages": [
+                {"role": "user", "content": opening},
+                {"role": "user", "content": f"cc {EMAIL}"}]})
+        return orjson.loads(flow.request.content)["messages"][1]["content"]
+
+    assert ask(f"write to {other}") == "cc <EMAIL_ADDRESS_2>"  # its 2nd address
+    assert ask("a new conversation") == "cc <EMAIL_ADDRESS_1>"  # its 1st: not reused

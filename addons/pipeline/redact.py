@@ -16,6 +16,9 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import OrderedDict
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from mitmproxy import http
@@ -31,12 +34,23 @@ log = logging.getLogger(__name__)
 _CACHE_ENTRIES = 16384
 
 
+@dataclass(slots=True)
+class BodyScan:
+    """What a plan found and did in one request body (which it edited in place)."""
+
+    counts: dict[str, dict[str, int]]  # for the audit record: never values
+    blocked: list[str]  # entity types the plan blocks: the request must be refused
+    changed: bool  # the body must be serialised again
+    reidentifier: actions.Reidentifier | None  # pseudonyms to restore in the answer
+
+
 class Redact:
     def __init__(self, detector: Detector | None = None, ner: NerEngine | None = None) -> None:
         self.detector = detector
         self.ner = ner
         self.pseudonyms = actions.PseudonymStore()
         self._found: OrderedDict[bytes, list[Finding]] = OrderedDict()
+        self._outcomes: OrderedDict[Hashable, actions.Outcome] = OrderedDict()
 
     def done(self) -> None:
         if self.ner is not None:
@@ -49,7 +63,6 @@ class Redact:
         decision = flow.metadata.get(flowstate.DECISION)
         if decision is None or decision.rule is None or not decision.rule.plan:
             return
-        plan = decision.rule.plan
         policy = flow.metadata[flowstate.POLICY]
         if decision.rule.answers:  # set first: an answer to any request of the rule is read
             flow.metadata[flowstate.ANSWER_MASK] = answers.SecretMask(
@@ -67,53 +80,78 @@ class Redact:
             return
         if body is None:
             return
-        # a conversation's pseudonyms outlive the request only when the plan makes some
-        opening = fields.opening(vendor.api, endpoint, body) \
-            if actions.PSEUDONYMIZE in plan.values() else None
-        pseudonyms = self.pseudonyms.conversation(actions.conversation_key(
-            decision.agent or "", opening)) if opening else actions.Pseudonyms()
         try:
-            outcomes = [o for slot in fields.text_slots(vendor.api, endpoint, body)
-                        if (o := await self._redact(slot, plan, pseudonyms, policy.detector,
-                                                    policy.digest)) is not None]
+            scan = await self.scan(body, vendor.api, endpoint, decision.rule.plan,
+                                   decision.agent or "", policy.detector, policy.digest)
         except NerUnavailable as err:
             log.warning("refusing a request: %s", err.message)
             flowstate.refuse(flow, err)
             return
-        counts = actions.audit_counts(outcomes)
-        flow.metadata[flowstate.REDACTIONS] = counts or None
-        if blocked := sorted({t for o in outcomes for t in o.blocked}):
+        flow.metadata[flowstate.REDACTIONS] = scan.counts or None
+        if scan.blocked:
             flowstate.refuse(flow, PolicyDenied(
-                f"the request contains {', '.join(blocked)}, which policy rule {rule!r} does "
-                "not let leave; remove it and send again", reason="redaction_blocked"))
+                f"the request contains {', '.join(scan.blocked)}, which policy rule {rule!r} "
+                "does not let leave; remove it and send again", reason="redaction_blocked"))
             return
-        if any(o.changed for o in outcomes):
+        if scan.changed:
             flow.request.content = orjson.dumps(body)
-        if tokens := frozenset().union(*(o.tokens for o in outcomes)):
+        if scan.reidentifier is not None:
             flow.metadata[flowstate.REIDENTIFY] = (
-                actions.Reidentifier(pseudonyms, only=tokens),
-                fields.json_output(vendor.api, endpoint, body))
+                scan.reidentifier, fields.json_output(vendor.api, endpoint, body))
 
-    async def _redact(self, slot: fields.Slot, plan: dict[str, str],
+    async def scan(self, body: Any, api: str, endpoint: str, plan: Mapping[str, str],
+                   agent: str, detector: Detector | None = None, policy: str = ""
+                   ) -> BodyScan:
+        """The plan over every text field of `body` (a parsed request of `api` to
+        `endpoint`), edited in place; no flow needed (the benchmark calls this too).
+        `detector`/`policy`: the policy's own detector, if it has `detectors`, and its
+        digest. Raises NerUnavailable when the plan needs NER and it cannot run."""
+        # a conversation's pseudonyms outlive the request only when the plan makes some
+        opening = fields.opening(api, endpoint, body) \
+            if actions.PSEUDONYMIZE in plan.values() else None
+        pseudonyms = self.pseudonyms.conversation(actions.conversation_key(agent, opening)) \
+            if opening else actions.Pseudonyms()
+        outcomes = [o for slot in fields.text_slots(api, endpoint, body)
+                    if (o := await self._redact(slot, plan, pseudonyms, detector, policy))
+                    is not None]
+        tokens = frozenset().union(*(o.tokens for o in outcomes))
+        return BodyScan(
+            counts=actions.audit_counts(outcomes),
+            blocked=sorted({t for o in outcomes for t in o.blocked}),
+            changed=any(o.changed for o in outcomes),
+            reidentifier=actions.Reidentifier(pseudonyms, only=tokens) if tokens else None)
+
+    async def _redact(self, slot: fields.Slot, plan: Mapping[str, str],
                       pseudonyms: actions.Pseudonyms, detector: Detector | None,
                       policy: str) -> actions.Outcome | None:
         text = slot.text
-        found = self._structured(text, plan, detector, policy)
+        digest, found = self._structured(text, plan, detector, policy)
         if ner := entities.NER.intersection(plan):
             if self.ner is None:
                 self.ner = NerEngine()
             found = sorted([*found, *await self.ner.find(text, ner)], key=lambda f: f.start)
         if not found:
             return None
-        outcome = actions.apply(text, found, plan, pseudonyms)
+        # the same text, findings and actions give the same outcome: a conversation's
+        # history is masked once, not on every turn (pseudonyms: within its conversation)
+        acts = tuple((f.start, f.end, f.entity, plan[f.entity]) for f in found)
+        key = (digest, acts, pseudonyms.serial if actions.PSEUDONYMIZE in plan.values() else 0)
+        outcome = self._outcomes.get(key)
+        if outcome is None:
+            outcome = actions.apply(text, found, plan, pseudonyms)
+            self._outcomes[key] = outcome
+            if len(self._outcomes) > _CACHE_ENTRIES:
+                self._outcomes.popitem(last=False)
+        else:
+            self._outcomes.move_to_end(key)
         if outcome.changed:
             slot.set(outcome.text)
         return outcome
 
-    def _structured(self, text: str, plan: dict[str, str], detector: Detector | None,
-                    policy: str) -> list[Finding]:
-        """Pattern findings of every type in `plan`, cached by the text's digest (and
-        the policy's: its own `detectors` may find more)."""
+    def _structured(self, text: str, plan: Mapping[str, str], detector: Detector | None,
+                    policy: str) -> tuple[bytes, list[Finding]]:
+        """The text's digest, and its pattern findings of every type in `plan`, cached
+        by that digest (keyed with the policy's: its own `detectors` may find more)."""
         digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16,
                                  person=b"egressguard")
         if detector is not None:
@@ -128,4 +166,4 @@ class Redact:
                 self._found.popitem(last=False)
         else:
             self._found.move_to_end(key)
-        return [f for f in found if f.entity in plan]
+        return key, [f for f in found if f.entity in plan]

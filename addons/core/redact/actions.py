@@ -19,6 +19,7 @@ counts name entity types and actions, `blocked` names types.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 import secrets
 import threading
@@ -55,14 +56,18 @@ def plan(redact: Mapping[str, str]) -> dict[str, str]:
 
 # ---- pseudonyms --------------------------------------------------------------------
 
+_SERIALS = itertools.count(1)
+
+
 class Pseudonyms:
     """One conversation's pseudonyms: (entity, value) <-> `<ENTITY_n>`, numbered per
     entity type in order of first sight. Thread-safe; never prints a value."""
 
-    __slots__ = ("max_values", "_tokens", "_values", "_numbers", "_lock")
+    __slots__ = ("max_values", "serial", "_tokens", "_values", "_numbers", "_lock")
 
     def __init__(self, max_values: int = 1000) -> None:
         self.max_values = max_values
+        self.serial = next(_SERIALS)  # tells conversations apart in caches, never reused
         self._tokens: dict[tuple[str, str], str] = {}
         self._values: dict[str, str] = {}
         self._numbers: Counter[str] = Counter()
