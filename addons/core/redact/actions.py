@@ -31,7 +31,13 @@ from typing import Any
 
 from egressguard.core.entities import ACTIONS, expand
 from egressguard.core.redact import Finding
-from egressguard.core.redact.jsontext import escaped, holds_json, is_json, rewrite_literals
+from egressguard.core.redact.jsontext import (
+    escaped,
+    holds_json,
+    is_json,
+    rewrite_literals,
+    values_of,
+)
 from egressguard.core.redact.sse import SseRewriter
 
 MASK, PSEUDONYMIZE, BLOCK, LOG = "mask", "pseudonymize", "block", "log"
@@ -304,11 +310,7 @@ def _maybe(data: bytes) -> bool:
 
 # Anthropic thinking is signed: restoring a value in it would make the block fail its
 # signature check when the agent sends it back. It stays as the model wrote it.
-_UNTOUCHED_BEFORE = re.compile(rb'"thinking"\s*:\s*\Z')
-
-
-def _in_thinking(body: bytes, at: int) -> bool:
-    return _UNTOUCHED_BEFORE.search(body, max(0, at - 32), at) is not None
+_THINKING = values_of({"thinking"})
 
 
 class Reidentifier:
@@ -366,7 +368,7 @@ class Reidentifier:
             return body
         if not is_json(body):
             return self._raw(body)
-        return rewrite_literals(body, self._literal, worth=_maybe, skip=_in_thinking)
+        return rewrite_literals(body, self._literal, worth=_maybe, untouched=_THINKING)
 
     def _literal(self, text: str) -> str | None:
         return self._sub(text, holds_json(text)) if "<" in text else None

@@ -18,13 +18,12 @@ characters per event: the end of a channel's text that may still become a secret
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Mapping
 
 from egressguard.core.redact import Finding
 from egressguard.core.redact.detect import Detector
-from egressguard.core.redact.jsontext import is_json, rewrite_literals
+from egressguard.core.redact.jsontext import is_json, rewrite_literals, values_of
 
 MASK, LOG = "mask", "log"
 
@@ -39,8 +38,7 @@ OPAQUE_KEYS = frozenset({
 })
 
 
-_OPAQUE_VALUES = re.compile(
-    rb'"(?:' + b"|".join(k.encode() for k in sorted(OPAQUE_KEYS)) + rb')"\s*:\s*"(?:[^"\\]|\\.)*"')
+_OPAQUE_VALUES = values_of(OPAQUE_KEYS)
 
 
 class SecretMask:
@@ -104,8 +102,8 @@ class SecretMask:
         if not body:
             return body
         if is_json(body):
-            return rewrite_literals(body, self.text, worth=_long_enough,
-                                    skip=_opaque_value)
+            # the shortest secret has 8 characters: 10 with the quotes
+            return rewrite_literals(body, self.text, shortest=10, untouched=_OPAQUE_VALUES)
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError:
@@ -127,19 +125,3 @@ class SecretMask:
             return text
         return self._apply(text, self._detector.find(before + text, self._entities),
                            len(before))
-
-
-def _long_enough(literal: bytes) -> bool:
-    return len(literal) >= 10  # with its quotes: the shortest secret has 8 characters
-
-
-def _opaque_value(body: bytes, at: int) -> bool:
-    """Whether the string literal at `at` is the value of an OPAQUE_KEYS key."""
-    head = body[max(0, at - 40):at].rstrip()
-    if not head.endswith(b":"):
-        return False
-    head = head[:-1].rstrip()
-    if not head.endswith(b'"'):
-        return False
-    opening = head.rfind(b'"', 0, len(head) - 1)
-    return opening >= 0 and head[opening + 1:-1].decode("ascii", "replace") in OPAQUE_KEYS

@@ -17,6 +17,14 @@ import orjson
 # A JSON string literal. In valid JSON no quote stands outside a string, so scanning
 # from the start pairs every literal correctly (keys included).
 LITERAL = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_KEY_AFTER = re.compile(rb"\s*:")  # after a literal: it was an object's key
+
+
+def values_of(keys: frozenset[str] | set[str]) -> re.Pattern[bytes]:
+    """These keys with their string values, the value literal as group 1 (for
+    `rewrite_literals(untouched=...)`)."""
+    names = b"|".join(re.escape(k.encode()) for k in sorted(keys))
+    return re.compile(rb'"(?:' + names + rb')"\s*:\s*("[^"\\]*(?:\\.[^"\\]*)*")')
 
 
 def escaped(value: str) -> str:
@@ -37,17 +45,23 @@ def holds_json(text: str) -> bool:
 
 
 def rewrite_literals(body: bytes, change: Callable[[str], str | None],
-                     worth: Callable[[bytes], bool] = lambda literal: True,
-                     skip: Callable[[bytes, int], bool] = lambda body, at: False) -> bytes:
-    """`body` (valid JSON: the caller checked) with each string literal's text replaced
-    by `change(text)` where that returns a new text (None: unchanged). `worth(literal)`
-    is a cheap test on the raw literal before decoding it; `skip(body, start)` leaves a
-    literal alone by where it is. Returns the very same object when nothing changed."""
+                     worth: Callable[[bytes], bool] | None = None, shortest: int = 0,
+                     untouched: re.Pattern[bytes] | None = None) -> bytes:
+    """`body` (valid JSON: the caller checked) with each string value's text replaced
+    by `change(text)` where that returns a new text (None: unchanged). Object keys are
+    never changed (they are the vendor's schema); nor are the values that `untouched`'s
+    group 1 starts at (`"signature": (")`). `shortest` (the literal's length, quotes
+    included) and `worth(literal)` are cheap tests on the raw literal before decoding
+    it. Returns the very same object when nothing changed."""
     out: list[bytes] = []
     done = 0
+    skip = {m.start(1) for m in untouched.finditer(body)} if untouched is not None else ()
     for m in LITERAL.finditer(body):
+        start, end = m.span()
+        if end - start < shortest or start in skip or _KEY_AFTER.match(body, end):
+            continue
         literal = m.group()
-        if not worth(literal) or skip(body, m.start()):
+        if worth is not None and not worth(literal):
             continue
         try:
             text = orjson.loads(literal)
