@@ -30,11 +30,16 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	@touch $@
 
-# Debian packages: curl is an agent in the tests, hey drives the benchmark.
-test-deps: ; @$(MAKE) -s debs TOOLS="curl redis-server"
+# Debian packages: curl is an agent in the tests, hey drives the benchmark, redis-server
+# and rsyslogd are real servers the tests start. TOOLS are commands (PACKAGE:COMMAND where
+# the names differ; /usr/sbin is searched too), FILES are PACKAGE:GLOB for plugins.
+test-deps: ; @$(MAKE) -s debs TOOLS="curl redis-server rsyslog:rsyslogd" \
+	FILES="rsyslog-gnutls:/usr/lib/*/rsyslog/lmnsd_gtls.so"
 bench-deps: ; @$(MAKE) -s debs TOOLS="curl hey redis-server"
 debs:
-	@missing=$$(for t in $(TOOLS); do command -v $$t >/dev/null || echo $$t; done); \
+	@missing=$$(for t in $(TOOLS); do \
+	    PATH="$$PATH:/usr/sbin:/sbin" command -v $${t#*:} >/dev/null || echo $${t%%:*}; done; \
+	  for f in $(FILES); do compgen -G "$${f#*:}" >/dev/null || echo $${f%%:*}; done); \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get update -qq && apt-get install -y -qq $$missing; \

@@ -7,8 +7,6 @@ import base64
 import gzip
 import http.client
 import json
-import os
-import signal
 import ssl
 import subprocess
 import sys
@@ -24,7 +22,7 @@ import pytest
 from cryptography import x509
 
 from egressguard.tools.fakevendor import VENDOR_HOSTS, FakeVendor, make_pki
-from egressguard.tools.procs import wait_until
+from egressguard.tools.procs import start_announced, stop_announced
 
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0
@@ -65,38 +63,12 @@ class Vendor:
 
 
 def _start(pki_dir: Path) -> tuple[subprocess.Popen[bytes], dict]:
-    cmd = [sys.executable, "-m", "egressguard.tools.fakevendor", "--listen", "127.0.0.1:0",
-           "--pki-dir", str(pki_dir)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, bufsize=0)
-    assert proc.stdout is not None
-    os.set_blocking(proc.stdout.fileno(), False)
-    out = bytearray()
-
-    def first_line() -> bytes | None:
-        out.extend(proc.stdout.read() or b"")  # type: ignore[union-attr]
-        if proc.poll() is not None:
-            raise RuntimeError(f"fake vendor exited with {proc.returncode}")
-        return bytes(out).partition(b"\n")[0] if b"\n" in out else None
-
-    try:
-        line = wait_until(first_line, timeout=START_TIMEOUT, what="fake vendor JSON line")
-    except BaseException:
-        _stop(proc)
-        raise
-    return proc, json.loads(line)
+    return start_announced([sys.executable, "-m", "egressguard.tools.fakevendor",
+                            "--listen", "127.0.0.1:0", "--pki-dir", str(pki_dir)],
+                           START_TIMEOUT)
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> int:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        return proc.wait(timeout=STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        raise
-    finally:
-        if proc.stdout:
-            proc.stdout.close()
+_stop = stop_announced
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import signal
 import socket
@@ -11,7 +12,7 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -60,14 +61,14 @@ _PR_SET_PDEATHSIG = 1
 STOP_GRACE = 5.0  # seconds after SIGTERM before SIGKILL
 
 
-def die_with_parent() -> None:
-    """In the child before exec: SIGKILL it if the parent dies (Linux only).
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """In the child before exec: send it `sig` if the parent dies (Linux only).
 
     The kernel ties this to the thread that forked, so start children from the thread
     that outlives them (pytest fixtures run on the main thread).
     """
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, sig)
 
 
 def spawn(args: Sequence[str], log: Path, cwd: Path | None = None,
@@ -96,3 +97,42 @@ def terminate(proc: subprocess.Popen[bytes] | None, grace: float = STOP_GRACE) -
             proc.wait(timeout=grace)
     if proc.stdout is not None:
         proc.stdout.close()
+
+
+def start_announced(args: Sequence[str], timeout: float = 15.0
+                    ) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+    """Start a server that prints one JSON line once it listens (the fake vendor, the
+    fake SIEM); the process and that line. Raises if it exits or stays silent."""
+    proc = subprocess.Popen(list(args), stdout=subprocess.PIPE, bufsize=0,
+                            preexec_fn=die_with_parent)
+    assert proc.stdout is not None
+    os.set_blocking(proc.stdout.fileno(), False)
+    out = bytearray()
+
+    def first_line() -> bytes | None:
+        out.extend(proc.stdout.read() or b"")  # type: ignore[union-attr]
+        if proc.poll() is not None:
+            raise RuntimeError(f"{args[2] if len(args) > 2 else args[0]} exited with "
+                               f"{proc.returncode}")
+        return bytes(out).partition(b"\n")[0] if b"\n" in out else None
+
+    try:
+        line = wait_until(first_line, timeout=timeout, what=f"the JSON line of {args[:3]}")
+    except BaseException:
+        stop_announced(proc)
+        raise
+    return proc, json.loads(line)
+
+
+def stop_announced(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
+    """SIGTERM and its exit code (SIGKILL and raise if it does not stop in time)."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        if proc.stdout:
+            proc.stdout.close()
