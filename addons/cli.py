@@ -52,7 +52,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         state=args.state, certs=args.certs, upstream_map=args.upstream_map or [],
         upstream_ca=args.upstream_ca, secret_ttl=args.secret_ttl,
         vault_timeout=args.vault_timeout, limits_store=args.limits_store,
-        policy_poll=args.policy_poll,
+        policy_poll=args.policy_poll, sinks=args.sinks, node=args.node,
+        signing_key=args.signing_key or str(args.state / "audit-signing.key"),
+        journal_options={
+            "egressguard_journal_segment_bytes": args.journal_segment_bytes,
+            "egressguard_journal_segment_age": args.journal_segment_age,
+            "egressguard_checkpoint_records": args.checkpoint_records,
+            "egressguard_checkpoint_seconds": args.checkpoint_seconds,
+            "egressguard_journal_max_bytes": args.journal_max_bytes,
+            "egressguard_journal_retention": args.journal_retention,
+            "egressguard_journal_when_full": args.journal_when_full},
         banner=not args.quiet)
     if args.local_vault:
         from egressguard.tools.localvault import LocalVaultError
@@ -62,6 +71,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         except LocalVaultError as exc:
             return fail(str(exc))
     return asyncio.run(serve(config))
+
+
+def cmd_ship(args: argparse.Namespace) -> int:
+    from egressguard.tools import ship
+
+    return ship.main(args.journal, args.sinks, args.node, args.parent_pid)
+
+
+def size(text: str) -> int:
+    """`64MiB`, `10GB`, `4096` -> bytes."""
+    from egressguard.core.yamlsource import Reader
+
+    m = Reader.SIZE.match(text.strip())
+    if not m:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 64MiB or 10GB")
+    return int(m.group(1)) * Reader.SIZE_UNITS[m.group(2)]
 
 
 # -- ca -------------------------------------------------------------------------------
@@ -201,7 +226,19 @@ def cmd_audit_tail(args: argparse.Namespace) -> int:
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     from egressguard.tools import auditcli
 
-    return auditcli.verify(args.paths)
+    return auditcli.verify(args.paths, args.pubkey)
+
+
+def cmd_audit_pubkey(args: argparse.Namespace) -> int:
+    from egressguard.tools import auditcli
+
+    return auditcli.pubkey(args.signing_key or str(args.state / "audit-signing.key"))
+
+
+def cmd_audit_sinks(args: argparse.Namespace) -> int:
+    from egressguard.tools import auditcli
+
+    return auditcli.sinks(args.journal, args.sinks)
 
 
 # -- policy ----------------------------------------------------------------------------
@@ -280,8 +317,44 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--limits-store", default=os.environ.get("EGRESSGUARD_LIMITS_STORE", ""),
                    metavar="URL", help="redis://HOST:PORT/DB to share rate limits and budgets "
                    "between replicas (default: this process only; env EGRESSGUARD_LIMITS_STORE)")
+    r.add_argument("--node", metavar="NAME", help="this instance's name in its audit records "
+                   "(default: the host name)")
+    r.add_argument("--signing-key", metavar="FILE|vault:MOUNT/PATH#FIELD",
+                   help="Ed25519 key that signs journal checkpoints (default "
+                   "STATE/audit-signing.key, created 0600 on first start)")
+    r.add_argument("--sinks", type=Path, metavar="FILE",
+                   help="ship audit records to the SIEM sinks this file names (starts "
+                   "`egressguard ship` beside the proxy)")
+    journal_group = r.add_argument_group("audit journal")
+    journal_group.add_argument("--journal-segment-bytes", type=size, default=64 << 20,
+                               metavar="SIZE", help="start a new journal file past this "
+                               "size (default 64MiB)")
+    journal_group.add_argument("--journal-segment-age", type=duration, default=3600,
+                               metavar="DURATION", help="... or after this long (default 1h)")
+    journal_group.add_argument("--checkpoint-records", type=int, default=1000, metavar="N",
+                               help="a signed checkpoint every N records (default 1000)")
+    journal_group.add_argument("--checkpoint-seconds", type=float, default=60.0,
+                               metavar="SECONDS", help="... and SECONDS after a record "
+                               "(default 60)")
+    journal_group.add_argument("--journal-max-bytes", type=size, default=0, metavar="SIZE",
+                               help="disk cap of the journal (default: none)")
+    journal_group.add_argument("--journal-retention", type=duration, default=0,
+                               metavar="DURATION", help="keep journal files every sink has "
+                               "this long (default: for ever)")
+    journal_group.add_argument("--journal-when-full", choices=("drop-delivered", "refuse"),
+                               default="drop-delivered", help="at the disk cap: remove the "
+                               "oldest files every sink has, or nothing; requests that "
+                               "cannot be recorded are refused either way")
     r.add_argument("--quiet", action="store_true", help="no start-up banner")
     r.set_defaults(func=cmd_run)
+
+    sh = sub.add_parser("ship", help="forward the audit journal to SIEM sinks (at least "
+                        "once; `run --sinks` starts it for you)")
+    sh.add_argument("--journal", type=Path, default=Path("var/journal"), metavar="DIR")
+    sh.add_argument("--sinks", type=Path, required=True, metavar="FILE")
+    sh.add_argument("--node", metavar="NAME", help="host name in syslog and HEC events")
+    sh.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
+    sh.set_defaults(func=cmd_ship)
 
     c = sub.add_parser("ca", help="the interception CA").add_subparsers(dest="ca", required=True)
     c.add_parser("init", parents=[certs], help="create the CA if missing").set_defaults(
@@ -317,9 +390,22 @@ def parser() -> argparse.ArgumentParser:
     at.add_argument("-n", "--lines", type=int, default=20)
     at.add_argument("--json", action="store_true", help="raw records, one JSON per line")
     at.set_defaults(func=cmd_audit_tail)
-    av = a.add_parser("verify", help="check the hash chain; non-zero exit on any break")
-    av.add_argument("paths", type=Path, nargs="+", metavar="PATH")
+    av = a.add_parser("verify", help="check chains, files and signed checkpoints; non-zero "
+                      "exit on any problem")
+    av.add_argument("paths", type=Path, nargs="+", metavar="PATH",
+                    help="journal directories or files (plain or .gz), oldest first")
+    av.add_argument("--pubkey", type=Path, metavar="FILE",
+                    help="PEM public key that signs the checkpoints (`audit pubkey`)")
     av.set_defaults(func=cmd_audit_verify)
+    ap = a.add_parser("pubkey", parents=[state], help="print the public key auditors "
+                      "verify checkpoints with")
+    ap.add_argument("--signing-key", metavar="FILE|vault:PATH#FIELD",
+                    help="the journal's signing key (default STATE/audit-signing.key)")
+    ap.set_defaults(func=cmd_audit_pubkey)
+    asi = a.add_parser("sinks", help="how far each sink has got, and whether it is failing")
+    asi.add_argument("--journal", type=Path, default=Path("var/journal"))
+    asi.add_argument("--sinks", type=Path, metavar="FILE", help="the sinks file")
+    asi.set_defaults(func=cmd_audit_sinks)
 
     pc = sub.add_parser("policy", help="lint, test and explain policies").add_subparsers(
         dest="policy_command", required=True)

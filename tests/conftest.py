@@ -33,6 +33,8 @@ from egressguard.core.errors import SecretUnavailable
 from egressguard.core.secret import Secret, SecretLocation, SecretRef
 from egressguard.core.vendors import Vendor
 from egressguard.pipeline.inject import Inject
+from egressguard.tools.fakesiem import DEFAULT_HEC_TOKEN, SiemControl
+from egressguard.tools.procs import start_announced, stop_announced
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -353,3 +355,24 @@ def pipeline(tmp_path: Path, policy_yaml: str,
         finally:
             for addon in addons:
                 tctx.master.addons.invoke_addon_sync(addon, hooks.DoneHook())
+
+
+@pytest.fixture(scope="module")
+def siem_url() -> Iterator[str]:
+    """A fake SIEM process (HEC, NDJSON, _bulk) for a test module."""
+    proc, info = start_announced([sys.executable, "-m", "egressguard.tools.fakesiem",
+                                  "--listen", "127.0.0.1:0"])
+    try:
+        yield info["url"]
+    finally:
+        stop_announced(proc)
+
+
+@pytest.fixture
+def siem(siem_url: str) -> SiemControl:
+    """The module's fake SIEM, reset: nothing received, no faults, HEC without acks."""
+    control = SiemControl(siem_url)
+    control.control("reset")
+    control.control("config", {"hec_token": DEFAULT_HEC_TOKEN, "hec_ack": False,
+                               "ack_delay": 0})
+    return control

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import orjson
 import pytest
 from mitmproxy import flow as mflow
@@ -179,9 +181,9 @@ def test_records_are_hash_chained(pipeline):
     for _ in range(3):
         pipeline.send(OPENAI, headers=[("Authorization", "Bearer " + pipeline.token())])
     pipeline.send(OPENAI)  # a refusal is chained as well
-    state = chain.ChainState()
-    assert list(chain.verify(read_lines([pipeline.files["journal"]]), state)) == []
-    assert state.records == 4
+    result = chain.verify(read_lines([pipeline.files["journal"]]))
+    assert result.problems == []
+    assert result.records == 4
 
 
 JOURNAL_DOWN = [
@@ -234,3 +236,28 @@ def test_non_utf8_path_is_still_audited(pipeline):
                             headers=[("Authorization", "Bearer " + pipeline.token())])
     pipeline.run(flow, swallow_errors=True)  # as mitmproxy runs hooks
     assert len(pipeline.records()) == 1 or flow.response.status_code == 503
+
+
+def test_a_journal_at_its_cap_refuses_requests_before_they_go_anywhere(pipeline, tmp_path):
+    sinks = tmp_path / "sinks.yaml"
+    sinks.write_text("version: 1\nsinks:\n  - {name: siem, type: http, url: 'http://x/'}\n")
+    ok = pipeline.send(OPENAI, headers=[("Authorization", "Bearer " + pipeline.token())])
+    assert ok.response.status_code == 200
+    pipeline.tctx.options.update(egressguard_sinks=str(sinks), egressguard_journal_max_bytes=10)
+    asyncio.run(pipeline.audit.keep_house())  # the sink has nothing: nothing may go
+    asked = len(pipeline.store.asked)
+    refused = pipeline.send(OPENAI, headers=[("Authorization", "Bearer " + pipeline.token())])
+    error = orjson.loads(refused.response.content)["error"]
+    assert (refused.response.status_code, error["code"]) == (503, "journal_full")
+    assert "have not reached sink(s) siem yet" in error["message"]
+    assert len(pipeline.store.asked) == asked  # no key fetched: it went nowhere
+    pipeline.tctx.options.update(egressguard_journal_max_bytes=1 << 30)
+    asyncio.run(pipeline.audit.keep_house())
+    again = pipeline.send(OPENAI, headers=[("Authorization", "Bearer " + pipeline.token())])
+    assert again.response.status_code == 200
+
+
+def test_records_name_their_node(pipeline):
+    pipeline.tctx.options.update(egressguard_node="egress-7")
+    pipeline.send(OPENAI, headers=[("Authorization", "Bearer " + pipeline.token())])
+    assert pipeline.records()[-1]["node"] == "egress-7"

@@ -432,7 +432,8 @@ def test_audit_verify_intact_chain(journal: Path, capsys: pytest.CaptureFixture[
     code, out, err = cli(capsys, "audit", "verify", journal)
 
     assert (code, err) == (0, "")
-    assert out.startswith("OK 3 records, chain intact")
+    assert out.startswith("OK 3 records (seq 1-3), 0 checkpoints, signatures not checked "
+                          "(pass --pubkey FILE); chain intact")
 
 
 def test_audit_verify_reports_an_edited_record(journal: Path,
@@ -443,8 +444,10 @@ def test_audit_verify_reports_an_edited_record(journal: Path,
     code, out, err = cli(capsys, "audit", "verify", journal)
 
     assert code == 1
-    assert out == f"BROKEN {file}:2: content does not match its hash (record edited)\n"
-    assert "1 break(s) in 3 records" in err
+    record = orjson.loads(file.read_bytes().splitlines()[1])
+    assert out == (f"BROKEN {file}:2 (id {record['id']}, seq 2): modified: the content does "
+                   "not match its hash: the record was edited\n")
+    assert "1 problem(s) in 3 records" in err
 
 
 def test_audit_verify_reports_a_deleted_record_at_the_line_after_the_gap(
@@ -455,9 +458,9 @@ def test_audit_verify_reports_a_deleted_record_at_the_line_after_the_gap(
     code, out, err = cli(capsys, "audit", "verify", journal)
 
     assert code == 1
-    assert out.startswith(f"BROKEN {file}:2: prev_hash ") and out.count("BROKEN") == 1
-    assert "record missing" in out
-    assert "1 break(s) in 2 records" in err
+    assert out.startswith(f"BROKEN {file}:2 (id ") and out.count("BROKEN") == 1
+    assert "seq 3): deleted: 1 record missing before this one (seq 2)" in out
+    assert "1 problem(s) in 2 records" in err
 
 
 def test_audit_verify_missing_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

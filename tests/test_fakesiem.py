@@ -11,14 +11,13 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from egressguard.tools.fakesiem import DEFAULT_HEC_TOKEN, FakeSiem
+from egressguard.tools.fakesiem import DEFAULT_HEC_TOKEN, FakeSiem, SiemControl
 from egressguard.tools.fakevendor import make_pki
 from egressguard.tools.procs import start_announced, stop_announced, wait_until
 
@@ -29,27 +28,8 @@ ACK = "/services/collector/ack"
 NDJSON_TYPE = {"Content-Type": "application/x-ndjson"}
 
 
-@dataclass(frozen=True)
-class Siem:
-    url: str
-    ca: Path | None = None
-
-    def http(self, timeout: float = 10) -> httpx.Client:
-        # plain HTTP has nothing to verify; skip loading the default CA bundle each time
-        verify: str | bool = str(self.ca) if self.ca else self.url.startswith("https:")
-        return httpx.Client(base_url=self.url, verify=verify, timeout=timeout)
-
-    def control(self, action: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        with self.http() as client:
-            return client.post(f"/_siem/{action}", json=body or {}).raise_for_status().json()
-
-    def received(self) -> dict[str, Any]:
-        with self.http() as client:
-            return client.get("/_siem/received").raise_for_status().json()
-
-    def status(self) -> dict[str, Any]:
-        with self.http() as client:
-            return client.get("/_siem/status").raise_for_status().json()
+class Siem(SiemControl):
+    """The control client, plus raw HEC requests as a sender makes them."""
 
     def hec(self, body: bytes | str, channel: str | None = None,
             token: str | None = DEFAULT_HEC_TOKEN, path: str = HEC,

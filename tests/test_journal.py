@@ -12,16 +12,18 @@ from typing import Any
 
 import orjson
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from egressguard.backends import journal as journal_module
 from egressguard.backends.journal import (
     Journal,
     JournalError,
+    Settings,
     journal_files,
     read_lines,
     read_records,
 )
-from egressguard.core.chain import GENESIS, ChainState, verify
+from egressguard.core.chain import GENESIS, verify
 
 FIRST = "journal-000001.jsonl"
 
@@ -30,9 +32,12 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
+KEY = Ed25519PrivateKey.generate()
+
+
 @contextmanager
-def opened(directory: Path, fsync: bool = True) -> Iterator[Journal]:
-    journal = Journal(directory, fsync=fsync)
+def opened(directory: Path, fsync: bool = True, **kw: Any) -> Iterator[Journal]:
+    journal = Journal(directory, fsync=fsync, **kw)
     journal.open()
     try:
         yield journal
@@ -46,7 +51,7 @@ def write(directory: Path, records: list[dict[str, Any]]) -> list[dict[str, Any]
 
 
 def breaks(directory: Path) -> list[str]:
-    return [str(b) for b in verify(read_lines([directory]), ChainState())]
+    return [str(p) for p in verify(read_lines([directory])).problems]
 
 
 def records(directory: Path) -> list[dict[str, Any]]:
@@ -172,11 +177,13 @@ def test_reopening_continues_the_chain(tmp_path: Path) -> None:
 
 def test_an_empty_newest_file_continues_from_the_older_one(tmp_path: Path) -> None:
     directory = tmp_path / "journal"
-    old = write(directory, [{"n": 1}])
+    with opened(directory, key=KEY) as journal:  # closed by its shutdown checkpoint
+        old = [journal.append_sync({"n": 1})]
     (directory / "journal-000002.jsonl").touch(mode=0o600)
     new = write(directory, [{"n": 2}])
     assert journal_files(directory)[-1].name == "journal-000002.jsonl"
-    assert new[0]["prev_hash"] == old[-1]["hash"]
+    assert new[0]["prev_hash"] != old[-1]["hash"]  # the checkpoint came between
+    assert new[0]["seq"] == old[-1]["seq"] + 2
     assert breaks(directory) == []
 
 
@@ -272,6 +279,106 @@ def test_a_failed_write_raises_and_refuses_further_appends(tmp_path: Path) -> No
 
 def test_read_lines_numbers_lines_and_skips_blank_ones(tmp_path: Path) -> None:
     path = tmp_path / "x.jsonl"
-    path.write_bytes(b'{"a":1}\n\n{"a":2}\n')
-    assert list(read_lines([path])) == [(str(path), 1, b'{"a":1}'), (str(path), 3, b'{"a":2}')]
-    assert orjson.loads(list(read_lines([path]))[1][2]) == {"a": 2}
+    path.write_bytes(b'{"a":1}\n\n{"a":2}\n{"a"')
+    got = [(line.number, line.raw, line.complete, line.last_of_file)
+           for line in read_lines([path])]
+    assert got == [(1, b'{"a":1}', True, False), (3, b'{"a":2}', True, False),
+                   (4, b'{"a"', False, True)]
+    assert orjson.loads(list(read_lines([path]))[1].raw) == {"a": 2}
+
+
+# -- rotation and checkpoints ---------------------------------------------------------------
+
+def kinds(directory: Path) -> list[str]:
+    return [r["kind"] for r in records(directory)]
+
+
+def signed_ok(directory: Path) -> tuple[list[str], int]:
+    result = verify(read_lines([directory]), KEY.public_key())
+    return [str(p) for p in result.problems], result.signatures
+
+
+def test_a_full_file_is_closed_by_a_signed_checkpoint_and_the_next_one_started(
+        tmp_path: Path) -> None:
+    directory = tmp_path / "journal"
+    with opened(directory, key=KEY, settings=Settings(segment_bytes=400)) as journal:
+        for i in range(6):
+            journal.append_sync({"kind": "request", "n": i})
+        assert journal.segment > 1
+    files = journal_files(directory)
+    assert [p.name for p in files][:2] == [FIRST, "journal-000002.jsonl"]
+    for path in files[:-1]:  # every closed file ends with its rotation checkpoint
+        last = orjson.loads(path.read_bytes().splitlines()[-1])
+        assert (last["kind"], last["checkpoint"]["reason"]) == ("checkpoint", "rotation")
+        assert last["checkpoint"]["segment"] == int(path.name[8:14])
+    assert [r["seq"] for r in records(directory)] == list(range(1, len(records(directory)) + 1))
+    problems, signatures = signed_ok(directory)
+    assert problems == [] and signatures == kinds(directory).count("checkpoint")
+
+
+def test_checkpoints_every_n_records_cover_exactly_those(tmp_path: Path) -> None:
+    directory = tmp_path / "journal"
+    with opened(directory, key=KEY, settings=Settings(checkpoint_records=3)) as journal:
+        for i in range(7):
+            journal.append_sync({"kind": "request", "n": i})
+    written = records(directory)
+    marks = [(r["seq"], r["checkpoint"]["first_seq"], r["checkpoint"]["records"],
+              r["checkpoint"]["reason"]) for r in written if r["kind"] == "checkpoint"]
+    assert marks == [(4, 1, 3, "count"), (8, 5, 3, "count"), (10, 9, 1, "shutdown")]
+    assert signed_ok(directory) == ([], 3)
+
+
+def test_an_idle_journal_checkpoints_after_the_interval(tmp_path: Path) -> None:
+    directory = tmp_path / "journal"
+
+    async def main() -> None:
+        with opened(directory, key=KEY, settings=Settings(checkpoint_seconds=0.05)) as journal:
+            await journal.append({"kind": "request", "n": 1})
+            deadline = asyncio.get_running_loop().time() + 5
+            while kinds(directory)[-1] != "checkpoint":  # bounded: fails after 5 s
+                assert asyncio.get_running_loop().time() < deadline, kinds(directory)
+                await asyncio.sleep(0.01)
+
+    asyncio.run(main())
+    assert [r["checkpoint"]["reason"] for r in records(directory)
+            if r["kind"] == "checkpoint"] == ["interval"]  # nothing new: no shutdown one
+
+
+def test_an_old_file_is_rotated_at_the_next_write(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    directory = tmp_path / "journal"
+    clock = [1_000_000.0]
+    monkeypatch.setattr(journal_module.time, "time", lambda: clock[0])
+    with opened(directory, key=KEY, settings=Settings(segment_age=60)) as journal:
+        journal.append_sync({"kind": "request", "n": 1})
+        clock[0] += 61
+        journal.append_sync({"kind": "request", "n": 2})
+        assert journal.segment == 2
+    assert signed_ok(directory)[0] == []
+
+
+def test_seq_and_checkpoints_carry_on_across_restarts(tmp_path: Path) -> None:
+    directory = tmp_path / "journal"
+    settings = Settings(checkpoint_records=4)
+    for _ in range(3):
+        with opened(directory, key=KEY, settings=settings) as journal:
+            for i in range(3):
+                journal.append_sync({"kind": "request", "n": i})
+    assert [r["seq"] for r in records(directory)] == list(range(1, len(records(directory)) + 1))
+    assert signed_ok(directory)[0] == []
+
+
+def test_a_crash_leaves_the_next_checkpoint_covering_every_record_since(
+        tmp_path: Path) -> None:
+    directory = tmp_path / "journal"
+    journal = Journal(directory, key=KEY, settings=Settings(checkpoint_records=100))
+    journal.open()
+    for i in range(5):
+        journal.append_sync({"kind": "request", "n": i})
+    os.close(journal._fd)  # killed: no shutdown checkpoint, the lock goes with the process
+    os.close(journal._lock_fd)
+    with opened(directory, key=KEY) as again:
+        again.append_sync({"kind": "request", "n": 5})
+    last = records(directory)[-1]
+    assert (last["checkpoint"]["first_seq"], last["checkpoint"]["records"]) == (1, 6)
+    assert signed_ok(directory)[0] == []

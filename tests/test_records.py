@@ -34,7 +34,7 @@ def validator() -> Draft202012Validator:
 def full_facts() -> RequestFacts:
     return RequestFacts(
         id=new_id(STARTED), started=STARTED, client="10.0.0.7:51234", method="POST",
-        host="api.openai.com", path="/v1/chat/completions", kind="request",
+        host="api.openai.com", path="/v1/chat/completions", kind="request", node="egress-1",
         agent="billing-bot", team="finance", token_id="0123456789abcdef", vendor="openai",
         model="gpt-4o-mini", stream=True, decision="allow", reason="allowed",
         policy="ab" * 32, rule="finance-openai",
@@ -59,7 +59,7 @@ def minimal_facts() -> RequestFacts:
 
 
 def sealed(facts: RequestFacts) -> dict[str, Any]:
-    return chain.seal(build(facts), chain.GENESIS)
+    return chain.seal(build(facts), chain.GENESIS, 1)
 
 
 def test_the_schema_is_a_valid_draft_2020_12_schema() -> None:
@@ -93,7 +93,7 @@ def test_objects_are_closed_and_require_every_field(node: dict[str, Any]) -> Non
 
 
 def test_schema_fields_are_exactly_what_build_and_seal_produce() -> None:
-    produced = [*build(minimal_facts()), "prev_hash", "hash"]
+    produced = [*build(minimal_facts()), "seq", "prev_hash", "hash"]
     assert sorted(schema()["required"]) == sorted(produced)
     assert sorted(schema()["properties"]) == sorted(produced)
     assert list(sealed(minimal_facts())) == produced
@@ -109,7 +109,7 @@ def test_built_records_validate(facts: Any) -> None:
 def test_a_full_record() -> None:
     facts = full_facts()
     assert build(facts) == {
-        "schema": "egressguard.audit/1", "id": facts.id, "kind": "request",
+        "schema": "egressguard.audit/1", "id": facts.id, "kind": "request", "node": "egress-1",
         "ts": "2023-11-14T22:13:20.123Z", "agent": "billing-bot", "team": "finance",
         "token_id": "0123456789abcdef", "client": "10.0.0.7:51234", "vendor": "openai",
         "host": "api.openai.com", "method": "POST", "path": "/v1/chat/completions",
@@ -124,16 +124,16 @@ def test_a_full_record() -> None:
         "upstream_ms": 640.25, "bytes_in": 1234, "bytes_out": 5678,
         "usage": {"input_tokens": 12, "output_tokens": 34},
         "credential": {"path": "egressguard/vendors/openai", "version": 3},
+        "checkpoint": None,
     }
 
 
 def test_a_minimal_record_defaults_to_nulls() -> None:
     record = build(minimal_facts())
     nulls = [k for k, v in record.items() if v is None]
-    assert nulls == ["agent", "team", "token_id", "vendor", "model", "stream", "policy",
+    assert nulls == ["node", "agent", "team", "token_id", "vendor", "model", "stream", "policy",
                      "rule", "clamps", "limits", "redactions", "response_redactions", "error",
-                     "latency_ms",
-                     "upstream_ms", "usage", "credential"]
+                     "latency_ms", "upstream_ms", "usage", "credential", "checkpoint"]
     assert (record["kind"], record["decision"], record["bytes_in"], record["bytes_out"]) == (
         "connect", "deny", 0, 0)
 

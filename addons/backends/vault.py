@@ -85,8 +85,8 @@ class VaultStore:
         try:
             secret = await asyncio.wait_for(asyncio.to_thread(self.read, vendor, where), limit)
         except TimeoutError:
-            raise self._unavailable(where, f"no answer from Vault within {limit:.0f}s",
-                                    "vault_timeout") from None
+            raise self._unavailable("vendor key", where, f"no answer from Vault within "
+                                    f"{limit:.0f}s", "vault_timeout") from None
         self._cache[where] = (secret, time.monotonic())
         return secret
 
@@ -97,33 +97,39 @@ class VaultStore:
 
     def read(self, vendor: Vendor, where: SecretLocation) -> Secret:
         """Blocking read of the key at `where` (called in a worker thread)."""
+        value, version = self.read_value(where, f"store one with `egressguard secrets put "
+                                                f"{vendor.name}`")
+        return Secret(value, SecretRef(f"{where.mount}/{where.path}", version), vendor.hosts)
+
+    def read_value(self, where: SecretLocation, store_hint: str, what: str = "vendor key"
+                   ) -> tuple[str, int | None]:
+        """Blocking read of one field of a KV v2 secret: (value, version); `what` names
+        it in errors."""
         try:
             resp = self._client().secrets.kv.v2.read_secret_version(
                 path=where.path, mount_point=where.mount, raise_on_deleted_version=True)
         except hvac.exceptions.InvalidPath:
-            raise self._unavailable(where, "no key stored there; store one with "
-                                    f"`egressguard secrets put {vendor.name}`",
+            raise self._unavailable(what, where, f"no key stored there; {store_hint}",
                                     "secret_missing") from None
         except hvac.exceptions.Forbidden:
             self._token_expires = 0.0  # AppRole token may have expired: log in again next time
-            raise self._unavailable(where, "permission denied; grant the proxy's Vault "
+            raise self._unavailable(what, where, "permission denied; grant the proxy's Vault "
                                     "token read access to it", "vault_forbidden") from None
         except requests.Timeout:
-            raise self._unavailable(where, f"no answer from Vault at {self.config.addr} "
+            raise self._unavailable(what, where, f"no answer from Vault at {self.config.addr} "
                                     f"within {self.config.timeout:g}s", "vault_timeout") from None
         except hvac.exceptions.VaultDown:
-            raise self._unavailable(where, "Vault is sealed or in maintenance",
+            raise self._unavailable(what, where, "Vault is sealed or in maintenance",
                                     "vault_sealed") from None
         except (requests.RequestException, hvac.exceptions.VaultError) as exc:
-            raise self._unavailable(where, f"Vault at {self.config.addr} did not answer "
+            raise self._unavailable(what, where, f"Vault at {self.config.addr} did not answer "
                                     f"({type(exc).__name__})", "vault_unreachable") from None
         data = resp["data"]
         value = (data.get("data") or {}).get(where.field)
         if not isinstance(value, str) or not value:
-            raise self._unavailable(where, f"the secret has no {where.field!r} field",
+            raise self._unavailable(what, where, f"the secret has no {where.field!r} field",
                                     "secret_missing")
-        version = data.get("metadata", {}).get("version")
-        return Secret(value, SecretRef(f"{where.mount}/{where.path}", version), vendor.hosts)
+        return value, data.get("metadata", {}).get("version")
 
     def write(self, where: SecretLocation, value: str) -> int:
         """Store a key (KV v2); returns the new version. For the CLI."""
@@ -137,8 +143,9 @@ class VaultStore:
         self._clients.clear()
 
     @staticmethod
-    def _unavailable(where: SecretLocation, why: str, reason: str) -> SecretUnavailable:
-        return SecretUnavailable(f"no vendor key available from {where.mount}/{where.path}: "
+    def _unavailable(what: str, where: SecretLocation, why: str, reason: str
+                     ) -> SecretUnavailable:
+        return SecretUnavailable(f"no {what} available from {where.mount}/{where.path}: "
                                  f"{why}", reason=reason)
 
     def _client(self) -> hvac.Client:

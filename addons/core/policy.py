@@ -13,7 +13,7 @@ import dataclasses
 import hashlib
 import re
 import string
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -40,6 +40,8 @@ from egressguard.core.yamlsource import (
     ConfigError,
     Document,
     Problem,
+    Reader,
+    kind_of,
     read_source,
     unknown_key_message,
 )
@@ -57,10 +59,6 @@ _SECRETS = ("mount", "field", "path", "vendors", "teams", "agents")
 _TEMPLATE_FIELDS = {"vendor", "team", "agent"}
 _HOST = re.compile(r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9-]{1,63}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
-_SIZE = re.compile(r"^(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?$")
-_SIZE_UNITS = {None: 1, "B": 1, "KB": 10**3, "KiB": 2**10, "MB": 10**6, "MiB": 2**20,
-               "GB": 10**9, "GiB": 2**30}
-
 
 def _no_overrides() -> Any:
     return dataclasses.field(default_factory=lambda: MappingProxyType({}))
@@ -155,18 +153,14 @@ def parse(text: str, source: str, vendors: Catalogue | None = None,
     return dataclasses.replace(policy, warnings=warnings) if warnings else policy
 
 
-class _Reader:
+class _Reader(Reader):
     """Turns the YAML document into a Policy, collecting problems as it goes."""
 
     def __init__(self, doc: Document, vendors: Catalogue, base: Path) -> None:
-        self.doc = doc
+        super().__init__(doc)
         self.vendors = vendors
         self.base = base
-        self.problems: list[Problem] = []
         self.rule_paths: dict[str, tuple[str | int, ...]] = {}  # rule name -> YAML path
-
-    def problem(self, path: tuple[str | int, ...], message: str) -> None:
-        self.problems.append(self.doc.where(path, message))
 
     def policy(self, digest: str) -> Policy:
         data = self.doc.data
@@ -191,76 +185,12 @@ class _Reader:
             detector=self.detectors(data.get("detectors")),
         )
 
-    # -- small readers -------------------------------------------------------------
-    def keys(self, data: dict[str, Any], path: tuple[str | int, ...],
-             allowed: tuple[str, ...], where: str) -> None:
-        for key in data:
-            if key not in allowed:
-                self.problem((*path, key), unknown_key_message(key, allowed, where))
-
-    def mapping(self, value: Any, path: tuple[str | int, ...], what: str) -> dict[str, Any]:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            self.problem(path, f"{what} is a mapping, found {_kind(value)}")
-            return {}
-        return value
-
-    def strings(self, value: Any, path: tuple[str | int, ...], what: str,
-                check: Callable[[str], str | None] | None = None) -> tuple[str, ...] | None:
-        """A list of strings (a single string is a list of one)."""
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list) or not value:
-            self.problem(path, f"{what} is a non-empty list of strings, found {_kind(value)}")
-            return None
-        out = []
-        for i, item in enumerate(value):
-            if not isinstance(item, str) or not item:
-                self.problem((*path, i), f"{what}: expected a string, found {_kind(item)}")
-            elif check is not None and (why := check(item)):
-                self.problem((*path, i), why)
-            else:
-                out.append(item)
-        return tuple(out)
-
     def globs(self, data: dict[str, Any], path: tuple[str | int, ...], key: str,
               what: str) -> Globs | None:
         if key not in data:
             return None
         patterns = self.strings(data[key], (*path, key), what)
         return Globs(patterns) if patterns else None
-
-    def boolean(self, data: dict[str, Any], path: tuple[str | int, ...], default: bool) -> bool:
-        value = data.get(path[-1], default)
-        if type(value) is not bool:
-            self.problem(path, f"`{path[-1]}` is true or false, found {value!r}")
-            return default
-        return value
-
-    def choice(self, data: dict[str, Any], path: tuple[str | int, ...],
-               allowed: tuple[str, ...], default: str) -> str:
-        value = data.get(path[-1], default)
-        if value not in allowed:
-            self.problem(path, f"`{path[-1]}` is one of {', '.join(allowed)}; found {value!r}")
-            return default
-        return str(value)
-
-    def positive_int(self, value: Any, path: tuple[str | int, ...], what: str) -> int | None:
-        if type(value) is not int or value <= 0:
-            self.problem(path, f"{what} is a whole number above 0, found {value!r}")
-            return None
-        return value
-
-    def size(self, value: Any, path: tuple[str | int, ...]) -> int | None:
-        if type(value) is int and value > 0:
-            return value
-        m = _SIZE.match(value.strip()) if isinstance(value, str) else None
-        if not m or int(m.group(1)) == 0:
-            self.problem(path, f"a size is bytes or a number with B, KB, KiB, MB, MiB, GB or "
-                         f"GiB (e.g. 256KiB), above 0; found {value!r}")
-            return None
-        return int(m.group(1)) * _SIZE_UNITS[m.group(2)]
 
     # -- sections ----------------------------------------------------------------------
     def hosts(self, value: Any) -> tuple[str, ...]:
@@ -292,7 +222,7 @@ class _Reader:
                 if "labels" in spec else ()
             team = spec.get("team")
             if team is not None and not isinstance(team, str):
-                self.problem((*path, "team"), f"`team` is a team name, found {_kind(team)}")
+                self.problem((*path, "team"), f"`team` is a team name, found {kind_of(team)}")
                 team = None
             limits = self.limits(spec["limits"], (*path, "limits")) if "limits" in spec else None
             out[name] = Subject(name, frozenset(labels or ()), team, limits)
@@ -316,13 +246,14 @@ class _Reader:
 
     def rules(self, value: Any) -> tuple[Rule, ...]:
         if not isinstance(value, list):
-            self.problem(("rules",), f"`rules` is a list of rules, found {_kind(value)}")
+            self.problem(("rules",), f"`rules` is a list of rules, found {kind_of(value)}")
             return ()
         rules = []
         for i, spec in enumerate(value):
             path: tuple[str | int, ...] = ("rules", i)
             if not isinstance(spec, dict):
-                self.problem(path, f"a rule is a mapping with at least `name`, found {_kind(spec)}")
+                self.problem(path, "a rule is a mapping with at least `name`, found "
+                             f"{kind_of(spec)}")
                 continue
             rule = self.rule(spec, path)
             if rule is not None:
@@ -342,7 +273,7 @@ class _Reader:
         if not isinstance(name, str) or not _NAME.match(name):
             self.problem((*path, "name") if "name" in spec else path,
                          f"every rule needs a `name` (letters, digits, . _ @ -), found "
-                         f"{_kind(name)}")
+                         f"{kind_of(name)}")
             return None
         match = self.match(spec.get("match"), (*path, "match"))
         endpoints = None
@@ -354,7 +285,7 @@ class _Reader:
                 or ())
         reason = spec.get("reason")
         if reason is not None and not isinstance(reason, str):
-            self.problem((*path, "reason"), f"`reason` is text, found {_kind(reason)}")
+            self.problem((*path, "reason"), f"`reason` is text, found {kind_of(reason)}")
             reason = None
         secret = spec.get("secret")
         if secret is not None and not self.template((*path, "secret"), secret):
@@ -475,7 +406,7 @@ class _Reader:
             return None
         if not isinstance(value, str) or not value:
             self.problem(("prices",), f"`prices` is the path of a price table file, found "
-                         f"{_kind(value)}")
+                         f"{kind_of(value)}")
             return None
         try:
             return load_prices(self.base / value, self.vendors)
@@ -521,12 +452,3 @@ class _Reader:
                          "{team} and {agent} are known")
             return False
         return True
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "nothing"
-    if isinstance(value, bool):  # YAML 1.1 reads yes/no/on/off as booleans
-        return f"{str(value).lower()} (write yes/no/on/off in quotes to mean the word)"
-    return {dict: "a mapping", list: "a list", str: f"the text {value!r}"}.get(
-        type(value), repr(value))

@@ -39,7 +39,9 @@ class RequestFacts:
     method: str
     host: str
     path: str  # without the query string: queries may carry credentials
-    kind: str = "request"  # or "connect" (a tunnel refused at CONNECT), "policy" (a reload)
+    kind: str = "request"  # or "connect" (a tunnel refused at CONNECT), "policy" (a reload),
+    # "checkpoint" (a signed checkpoint of the chain)
+    node: str | None = None  # the egressguard instance that writes the record
     agent: str | None = None
     team: str | None = None
     token_id: str | None = None
@@ -63,6 +65,7 @@ class RequestFacts:
     bytes_out: int = 0
     usage: dict[str, int | None] | None = None
     credential: dict[str, Any] | None = None
+    checkpoint: dict[str, Any] | None = None
 
 
 def text(value: str | None) -> str | None:
@@ -74,12 +77,13 @@ def text(value: str | None) -> str | None:
 
 
 def build(facts: RequestFacts) -> dict[str, Any]:
-    """The record (without chain fields, which the journal adds). Free text that came
-    from the agent goes through `text`."""
+    """The record (without its chain fields `seq`, `prev_hash` and `hash`, which the
+    journal adds). Free text that came from the agent goes through `text`."""
     return {
         "schema": SCHEMA,
         "id": facts.id,
         "kind": facts.kind,
+        "node": facts.node,
         "ts": rfc3339(facts.started),
         "agent": facts.agent,
         "team": facts.team,
@@ -108,4 +112,5 @@ def build(facts: RequestFacts) -> dict[str, Any]:
         "bytes_out": facts.bytes_out,
         "usage": facts.usage,
         "credential": facts.credential,
+        "checkpoint": facts.checkpoint,
     }

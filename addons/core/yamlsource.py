@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,3 +117,108 @@ def unknown_key_message(key: str, allowed: list[str] | tuple[str, ...], where: s
     close = difflib.get_close_matches(key, allowed, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     return f"unknown key {key!r} in {where}{hint} (allowed: {', '.join(allowed)})"
+
+
+_SIZE = re.compile(r"^(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?$")
+_SIZE_UNITS = {None: 1, "B": 1, "KB": 10**3, "KiB": 2**10, "MB": 10**6, "MiB": 2**20,
+               "GB": 10**9, "GiB": 2**30}
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?$")
+_DURATION_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+class Reader:
+    """Reads values out of a Document with the checks every configuration file needs,
+    collecting problems at their file:line:column instead of stopping at the first."""
+
+    SIZE, SIZE_UNITS = _SIZE, _SIZE_UNITS
+
+    def __init__(self, doc: Document) -> None:
+        self.doc = doc
+        self.problems: list[Problem] = []
+
+    def problem(self, path: Path_, message: str) -> None:
+        self.problems.append(self.doc.where(path, message))
+
+    def keys(self, data: dict[str, Any], path: tuple[str | int, ...],
+             allowed: tuple[str, ...], where: str) -> None:
+        for key in data:
+            if key not in allowed:
+                self.problem((*path, key), unknown_key_message(key, allowed, where))
+
+    def mapping(self, value: Any, path: tuple[str | int, ...], what: str) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.problem(path, f"{what} is a mapping, found {kind_of(value)}")
+            return {}
+        return value
+
+    def strings(self, value: Any, path: tuple[str | int, ...], what: str,
+                check: Callable[[str], str | None] | None = None) -> tuple[str, ...] | None:
+        """A list of strings (a single string is a list of one)."""
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not value:
+            self.problem(path, f"{what} is a non-empty list of strings, found {kind_of(value)}")
+            return None
+        out = []
+        for i, item in enumerate(value):
+            if not isinstance(item, str) or not item:
+                self.problem((*path, i), f"{what}: expected a string, found {kind_of(item)}")
+            elif check is not None and (why := check(item)):
+                self.problem((*path, i), why)
+            else:
+                out.append(item)
+        return tuple(out)
+
+    def boolean(self, data: dict[str, Any], path: tuple[str | int, ...], default: bool) -> bool:
+        value = data.get(path[-1], default)
+        if type(value) is not bool:
+            self.problem(path, f"`{path[-1]}` is true or false, found {value!r}")
+            return default
+        return value
+
+    def choice(self, data: dict[str, Any], path: tuple[str | int, ...],
+               allowed: tuple[str, ...], default: str) -> str:
+        value = data.get(path[-1], default)
+        if value not in allowed:
+            self.problem(path, f"`{path[-1]}` is one of {', '.join(allowed)}; found {value!r}")
+            return default
+        return str(value)
+
+    def positive_int(self, value: Any, path: tuple[str | int, ...], what: str) -> int | None:
+        if type(value) is not int or value <= 0:
+            self.problem(path, f"{what} is a whole number above 0, found {value!r}")
+            return None
+        return value
+
+    def size(self, value: Any, path: tuple[str | int, ...]) -> int | None:
+        if type(value) is int and value > 0:
+            return value
+        m = _SIZE.match(value.strip()) if isinstance(value, str) else None
+        if not m or int(m.group(1)) == 0:
+            self.problem(path, f"a size is bytes or a number with B, KB, KiB, MB, MiB, GB or "
+                         f"GiB (e.g. 256KiB), above 0; found {value!r}")
+            return None
+        return int(m.group(1)) * _SIZE_UNITS[m.group(2)]
+
+    def duration(self, value: Any, path: Path_) -> float | None:
+        """Seconds, from a number or a number with ms, s, m, h or d (e.g. 1.5s, 10m)."""
+        if type(value) in (int, float) and value > 0:
+            return float(value)
+        m = _DURATION.match(value.strip()) if isinstance(value, str) else None
+        if not m or float(m.group(1)) == 0:
+            self.problem(path, f"a duration is seconds or a number with ms, s, m, h or d "
+                         f"(e.g. 1.5s, 10m), above 0; found {value!r}")
+            return None
+        return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+
+
+def kind_of(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):  # YAML 1.1 reads yes/no/on/off as booleans
+        return f"{str(value).lower()} (write yes/no/on/off in quotes to mean the word)"
+    return {dict: "a mapping", list: "a list", str: f"the text {value!r}"}.get(
+        type(value), repr(value))
+

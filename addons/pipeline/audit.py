@@ -10,15 +10,21 @@ replaced by a 503, a streamed one is cut off.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import socket
 import time
 from pathlib import Path
 
 from mitmproxy import ctx, exceptions, http
 
-from egressguard.backends.journal import Journal, JournalError
+from egressguard.backends import housekeeping
+from egressguard.backends.journal import Journal, JournalError, JournalFull, Settings
+from egressguard.backends.signing import SigningKeyError, load_signing_key
 from egressguard.core import records
 from egressguard.core.errors import EgressError, SecretUnavailable
+from egressguard.core.sinkconfig import load_sinks
+from egressguard.core.yamlsource import ConfigError
 from egressguard.pipeline import flowstate
 from egressguard.pipeline.response import StreamTap
 
@@ -81,9 +87,24 @@ def facts(flow: http.HTTPFlow) -> records.RequestFacts:
     return f
 
 
+_JOURNAL_OPTIONS = {
+    "egressguard_journal", "egressguard_journal_fsync", "egressguard_node",
+    "egressguard_signing_key", "egressguard_journal_segment_bytes",
+    "egressguard_journal_segment_age", "egressguard_checkpoint_records",
+    "egressguard_checkpoint_seconds"}
+_HOUSEKEEPING_OPTIONS = {
+    "egressguard_sinks", "egressguard_journal_max_bytes", "egressguard_journal_retention",
+    "egressguard_journal_when_full"}
+HOUSEKEEPING_EVERY = 5.0  # seconds between passes; also after every rotation
+
+
 class Audit:
     def __init__(self) -> None:
         self.journal: Journal | None = None
+        self.sinks: list[str] = []
+        self.retention = housekeeping.Retention()
+        self.health = housekeeping.Health()
+        self._housekeeper: asyncio.Task[None] | None = None
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
         loader.add_option("egressguard_journal", str, "",
@@ -91,35 +112,132 @@ class Audit:
         loader.add_option("egressguard_journal_fsync", bool, True,
                           "fsync each group of records before answering (turn off only "
                           "for throwaway set-ups).")
+        loader.add_option("egressguard_node", str, "",
+                          "Name of this instance in its records (default: the host name).")
+        loader.add_option("egressguard_signing_key", str, "",
+                          "Ed25519 key that signs checkpoints: a file (created 0600 if "
+                          "missing) or vault:MOUNT/PATH#FIELD. Empty: no checkpoints.")
+        loader.add_option("egressguard_journal_segment_bytes", int, 64 << 20,
+                          "Start a new journal file past this size.")
+        loader.add_option("egressguard_journal_segment_age", float, 3600.0,
+                          "Start a new journal file after this many seconds.")
+        loader.add_option("egressguard_checkpoint_records", int, 1000,
+                          "Write a signed checkpoint every this many records.")
+        loader.add_option("egressguard_checkpoint_seconds", float, 60.0,
+                          "Write a signed checkpoint this many seconds after a record.")
+        loader.add_option("egressguard_sinks", str, "",
+                          "Sinks file: journal files are kept until every sink has them.")
+        loader.add_option("egressguard_journal_max_bytes", int, 0,
+                          "Disk cap of the journal (0: none).")
+        loader.add_option("egressguard_journal_retention", float, 0.0,
+                          "Seconds a journal file every sink has is kept (0: for ever).")
+        loader.add_option("egressguard_journal_when_full", str, "drop-delivered",
+                          "At the disk cap: drop-delivered (remove the oldest files every "
+                          "sink has) or refuse (remove nothing); requests that cannot be "
+                          "recorded are refused either way.")
 
     def configure(self, updated: set[str]) -> None:
-        directory = ctx.options.egressguard_journal
-        if {"egressguard_journal", "egressguard_journal_fsync"} & updated and directory:
-            if self.journal:
-                self.journal.close()
-            journal = Journal(Path(directory),
-                              fsync=ctx.options.egressguard_journal_fsync)
-            try:
-                journal.open()
-            except (JournalError, OSError) as exc:
-                raise exceptions.OptionsError(f"cannot open the audit journal: {exc}") from None
-            self.journal = journal
+        o = ctx.options
+        if _HOUSEKEEPING_OPTIONS & updated:
+            self._configure_housekeeping()
+        directory = o.egressguard_journal
+        if not (_JOURNAL_OPTIONS & updated and directory):
+            return
+        settings = Settings(segment_bytes=o.egressguard_journal_segment_bytes,
+                            segment_age=o.egressguard_journal_segment_age,
+                            checkpoint_records=o.egressguard_checkpoint_records,
+                            checkpoint_seconds=o.egressguard_checkpoint_seconds)
+        if min(settings.segment_bytes, settings.checkpoint_records) <= 0 or \
+                min(settings.segment_age, settings.checkpoint_seconds) <= 0:
+            raise exceptions.OptionsError("journal segment size and age, and checkpoint "
+                                          "records and seconds, must be above 0")
+        try:
+            key = load_signing_key(o.egressguard_signing_key,
+                                   getattr(o, "egressguard_vault_timeout", 2.0)) \
+                if o.egressguard_signing_key else None
+        except SigningKeyError as exc:
+            raise exceptions.OptionsError(str(exc)) from None
+        if self.journal:
+            self.journal.close()
+        journal = Journal(Path(directory), fsync=o.egressguard_journal_fsync,
+                          settings=settings, key=key,
+                          node=o.egressguard_node or socket.gethostname())
+        try:
+            journal.open()
+        except (JournalError, OSError) as exc:
+            raise exceptions.OptionsError(f"cannot open the audit journal: {exc}") from None
+        self.journal = journal
+
+    def _configure_housekeeping(self) -> None:
+        o = ctx.options
+        if o.egressguard_journal_when_full not in housekeeping.WHEN_FULL:
+            raise exceptions.OptionsError(
+                f"egressguard_journal_when_full is one of {', '.join(housekeeping.WHEN_FULL)}; "
+                f"found {o.egressguard_journal_when_full!r}")
+        if o.egressguard_journal_max_bytes < 0 or o.egressguard_journal_retention < 0:
+            raise exceptions.OptionsError("the journal's disk cap and retention are 0 (none) "
+                                          "or above")
+        try:
+            self.sinks = load_sinks(Path(o.egressguard_sinks)).names \
+                if o.egressguard_sinks else []
+        except ConfigError as exc:
+            raise exceptions.OptionsError(f"invalid sinks file:\n{exc}") from None
+        self.retention = housekeeping.Retention(
+            max_bytes=o.egressguard_journal_max_bytes, max_age=o.egressguard_journal_retention,
+            when_full=o.egressguard_journal_when_full)
 
     def running(self) -> None:
         if self.journal is None:
             log.error("no audit journal: set egressguard_journal to a directory")
+            return
+        self._housekeeper = asyncio.ensure_future(self._keep_house())
 
     def done(self) -> None:
+        if self._housekeeper is not None:
+            self._housekeeper.cancel()
         if self.journal:
             self.journal.close()
             self.journal = None
+
+    async def _keep_house(self) -> None:
+        while True:
+            await self.keep_house()
+            await asyncio.sleep(HOUSEKEEPING_EVERY)
+
+    async def keep_house(self) -> None:
+        """One pass: compress, retire and cap the journal's files, off the event loop;
+        turn requests away while the journal is full, loudly."""
+        journal = self.journal
+        if journal is None:
+            return
+        try:
+            health = await asyncio.to_thread(housekeeping.run, journal.directory,
+                                             journal.segment, self.sinks, self.retention)
+        except OSError as exc:
+            log.error("audit journal housekeeping failed: %s", exc)
+            return
+        if health.full and not journal.full:
+            log.critical("AUDIT JOURNAL FULL, refusing requests: %s", health.full)
+        elif journal.full and not health.full:
+            log.warning("audit journal has room again: serving requests")
+        elif health.full:
+            log.critical("audit journal still full: %s", health.full)
+        journal.full, self.health = health.full, health
+
+    @flowstate.fail_closed
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        """A request that could not be recorded is refused before it goes anywhere."""
+        if not flowstate.is_live_request(flow) or self.journal is None:
+            return
+        if self.journal.full or self.journal.failed:
+            flowstate.refuse(flow, self._down())
 
     @flowstate.fail_closed
     async def http_connect(self, flow: http.HTTPFlow) -> None:
         dest = flow.metadata.get(flowstate.DESTINATION)
         if not flow.response and dest is not None and dest.passthrough:
             if not await self._write(flow):
-                flowstate.refuse(flow, _journal_down())
+                flowstate.refuse(flow, self._down())
 
     @flowstate.fail_closed
     async def http_connect_error(self, flow: http.HTTPFlow) -> None:
@@ -133,7 +251,7 @@ class Audit:
         if isinstance(flow.response.stream, StreamTap):
             flow.kill()  # the stream must not complete unaudited
         else:
-            flowstate.refuse(flow, _journal_down())
+            flowstate.refuse(flow, self._down())
 
     @flowstate.fail_closed
     async def error(self, flow: http.HTTPFlow) -> None:
@@ -147,11 +265,14 @@ class Audit:
             id=records.new_id(), started=time.time(), client="", method="", host="",
             path=source, kind="policy", decision="allow" if loaded else "deny",
             reason="policy_loaded" if loaded else "policy_invalid", policy=digest,
-            message=message)
+            message=message, node=self.journal.node)
         try:
             await self.journal.append(records.build(f))
         except JournalError as exc:
             log.critical("audit record of a policy reload not written: %s", exc)
+
+    def _down(self) -> EgressError:
+        return _journal_down(self.journal.full if self.journal else None)
 
     async def _write(self, flow: http.HTTPFlow) -> bool:
         """Record `flow` once; False if the journal could not take it."""
@@ -159,15 +280,22 @@ class Audit:
             return True
         flow.metadata[flowstate.AUDITED] = True
         assert self.journal is not None
+        f = facts(flow)
+        f.node = self.journal.node
         try:
-            await self.journal.append(records.build(facts(flow)))
+            await self.journal.append(records.build(f))
+        except JournalFull:
+            return False  # said loudly by housekeeping, not once per request
         except JournalError as exc:
             log.critical("audit record for %s not written: %s", flowstate.begin(flow), exc)
             return False
         return True
 
 
-def _journal_down() -> EgressError:
+def _journal_down(full: str | None = None) -> EgressError:
+    if full:
+        return SecretUnavailable(f"egressguard refuses requests it cannot record: {full}",
+                                 reason="journal_full")
     return SecretUnavailable("the audit journal cannot be written; egressguard refuses "
                              "traffic it cannot record (operators: check disk space and "
                              "the journal directory)", reason="journal_unavailable")

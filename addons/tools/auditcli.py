@@ -1,4 +1,4 @@
-"""`egressguard audit tail` and `audit verify` over journal files."""
+"""`egressguard audit tail`, `verify`, `pubkey` and `sinks` over journal files."""
 
 from __future__ import annotations
 
@@ -7,9 +7,14 @@ from collections import deque
 from pathlib import Path
 
 import orjson
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from egressguard.backends.journal import journal_files, read_lines
-from egressguard.core import chain
+from egressguard.backends import cursors
+from egressguard.backends.journal import journal_files, read_lines, segments
+from egressguard.backends.signing import SigningKeyError, load_signing_key
+from egressguard.core import chain, checkpoints, records
+from egressguard.core.sinkconfig import load_sinks
+from egressguard.core.yamlsource import ConfigError
 
 _COLUMNS = ("ts", "agent", "vendor", "method", "path", "model", "status", "decision",
             "reason")
@@ -19,12 +24,13 @@ def tail(journal: Path, lines: int, as_json: bool) -> int:
     if not journal_files(journal):
         print(f"egressguard: no journal files in {journal}", file=sys.stderr)
         return 1
-    recent = deque(read_lines([journal]), maxlen=lines)
+    recent = deque((line.raw for line in read_lines([journal]) if line.complete),
+                   maxlen=lines)
     if as_json:
-        for _, _, raw in recent:
+        for raw in recent:
             sys.stdout.buffer.write(raw + b"\n")
         return 0
-    rows = [[_cell(orjson.loads(raw).get(c)) for c in _COLUMNS] for _, _, raw in recent]
+    rows = [[_cell(orjson.loads(raw).get(c)) for c in _COLUMNS] for raw in recent]
     widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(_COLUMNS)]
     for row in [list(_COLUMNS), *rows]:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
@@ -35,23 +41,105 @@ def _cell(value: object) -> str:
     return "-" if value is None else str(value)
 
 
-def verify(paths: list[Path]) -> int:
+def verify(paths: list[Path], pubkey: Path | None) -> int:
+    """Check chains, seqs, file closure and (with `pubkey`) checkpoint signatures across
+    the journal files (plain or gzipped) in `paths`; 0 only when all is intact."""
     missing = [p for p in paths if not p.exists()]
     if missing:
         print(f"egressguard: no such file or directory: {', '.join(map(str, missing))}",
               file=sys.stderr)
         return 2
-    state = chain.ChainState()
-    breaks = list(chain.verify(read_lines(paths), state))
-    for b in breaks:
-        print(f"BROKEN {b}")
-    if breaks:
-        print(f"{len(breaks)} break(s) in {state.records} records: the journal has been "
-              "altered or damaged at the lines above", file=sys.stderr)
-        return 1
-    if state.records == 0:
+    public = None
+    if pubkey is not None:
+        try:
+            public = checkpoints.load_public_key(pubkey.read_bytes())
+        except (OSError, ValueError) as exc:
+            print(f"egressguard: cannot use {pubkey} as the public key: {exc}",
+                  file=sys.stderr)
+            return 2
+    result = chain.verify(read_lines(paths), public)
+    for problem in result.problems:
+        print(f"BROKEN {problem}")
+    if result.records == 0 and not result.problems:
         print("egressguard: no records found", file=sys.stderr)
         return 1
-    noun = "record" if state.records == 1 else "records"
-    print(f"OK {state.records} {noun}, chain intact, last hash {state.prev_hash}")
+    signed = (f"{result.signatures} signatures verified" if public is not None else
+              "signatures not checked (pass --pubkey FILE)")
+    summary = (f"{result.records} records (seq {result.first_seq}-{result.last_seq}), "
+               f"{result.checkpoints} checkpoints, {signed}")
+    if result.problems:
+        print(f"{len(result.problems)} problem(s) in {summary}; the first: "
+              f"{result.problems[0]}", file=sys.stderr)
+        return 1
+    print(f"OK {summary}; chain intact, last hash {result.last_hash}")
     return 0
+
+
+def pubkey(key_spec: str) -> int:
+    """Print the public half of the journal's signing key, for auditors."""
+    try:
+        key = load_signing_key(key_spec) if key_spec.startswith("vault:") else \
+            _existing_key(Path(key_spec.removeprefix("file:")))
+    except SigningKeyError as exc:
+        print(f"egressguard: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(checkpoints.public_pem(key).decode())
+    print(f"key_id {checkpoints.key_id(key.public_key())}", file=sys.stderr)
+    return 0
+
+
+def _existing_key(path: Path) -> Ed25519PrivateKey:
+    if not path.exists():
+        raise SigningKeyError(f"no signing key at {path}: `egressguard run` creates it on "
+                              "first start (or pass --signing-key)")
+    return load_signing_key(str(path))
+
+
+def sinks(journal: Path, sinks_file: Path | None) -> int:
+    """Where each sink stands: delivered up to which record, how far behind, failing?"""
+    names: list[str] = []
+    if sinks_file is not None:
+        try:
+            names = load_sinks(sinks_file).names
+        except ConfigError as exc:
+            print(f"egressguard: invalid sinks file:\n{exc}", file=sys.stderr)
+            return 2
+    found = sorted({*names, *(p.stem for p in (journal / cursors.DIRECTORY).glob("*.json"))})
+    if not found:
+        print("egressguard: no sinks configured and no cursors in the journal",
+              file=sys.stderr)
+        return 1
+    last = _last_seq(journal)
+    rows = [["sink", "delivered", "behind", "at", "last delivery", "state"]]
+    for name in found:
+        c = cursors.load(journal, name)
+        if c is None:
+            rows.append([name, "0", str(last), "-", "never", "no cursor yet"])
+            continue
+        state = f"FAILING since {_when(c.failing_since)}: {c.error}" if c.error else "ok"
+        if name not in names and sinks_file is not None:
+            state = "not configured (its cursor holds nothing back)"
+        rows.append([name, str(c.delivered), str(max(0, last - c.seq)),
+                     f"file {c.segment} byte {c.offset}", _when(c.updated), state])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) +
+              "  " + row[-1])
+    return 0
+
+
+def _last_seq(journal: Path) -> int:
+    files = segments(journal)
+    for s in reversed(files):
+        last = 0
+        with s.open() as f:
+            for raw in f:
+                if raw.endswith(b"\n") and raw.strip():
+                    last = int(orjson.loads(raw).get("seq") or 0)
+        if last:
+            return last
+    return 0
+
+
+def _when(ts: float | None) -> str:
+    return records.rfc3339(ts) if ts else "never"

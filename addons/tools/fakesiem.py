@@ -95,6 +95,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import h11
+import httpx
 
 from egressguard.tools.fakevendor import Pki, make_pki
 
@@ -411,6 +412,8 @@ class FakeSiem:
         self._connections[task] = writer
         try:
             await _serve_connection(self, reader, writer)
+        except asyncio.CancelledError:
+            pass  # stop() ends this connection; asyncio's callback would report the cancel
         finally:
             self._connections.pop(task, None)
 
@@ -762,6 +765,36 @@ async def _serve_until_signalled(siem: FakeSiem) -> None:
         await stopping.wait()
     finally:
         await siem.stop()
+
+
+@dataclass(frozen=True)
+class SiemControl:
+    """A client of a running fake SIEM's control API (`/_siem/…`), for tests and
+    benchmarks in other processes."""
+
+    url: str
+    ca: Path | None = None
+
+    def http(self, timeout: float = 10) -> httpx.Client:
+        # plain HTTP has nothing to verify; skip loading the default CA bundle each time
+        verify: str | bool = str(self.ca) if self.ca else self.url.startswith("https:")
+        return httpx.Client(base_url=self.url, verify=verify, timeout=timeout)
+
+    def control(self, action: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        with self.http() as client:
+            return client.post(f"/_siem/{action}", json=body or {}).raise_for_status().json()
+
+    def received(self) -> dict[str, Any]:
+        with self.http() as client:
+            return client.get("/_siem/received").raise_for_status().json()
+
+    def status(self) -> dict[str, Any]:
+        with self.http() as client:
+            return client.get("/_siem/status").raise_for_status().json()
+
+    def ids(self, route: str) -> dict[str, int]:
+        """Record id -> how many times `route` (hec, ndjson, bulk) received it."""
+        return dict(self.received()[route]["ids"])
 
 
 def _delay(value: str) -> float | None:

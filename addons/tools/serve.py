@@ -14,6 +14,7 @@ from mitmproxy import exceptions, options
 from mitmproxy.tools.dump import DumpMaster
 
 from egressguard.tools import ca
+from egressguard.tools.ship import Supervisor
 
 log = logging.getLogger("egressguard")
 
@@ -32,6 +33,10 @@ class ServeConfig:
     vault_timeout: float = 2.0
     limits_store: str = ""  # redis:// URL; empty: counters in this process
     policy_poll: float = 1.0  # seconds; 0: reload on SIGHUP only
+    sinks: Path | None = None  # ship the journal to these sinks (a child process)
+    node: str | None = None
+    signing_key: str = ""  # checkpoint signing key: a file or vault:...; "" none
+    journal_options: dict[str, object] = field(default_factory=dict)
     banner: bool = True
 
 
@@ -80,6 +85,10 @@ def mitmproxy_options(config: ServeConfig, ca_files: ca.CaFiles) -> dict[str, ob
         "egressguard_vault_timeout": config.vault_timeout,
         "egressguard_limits_store": config.limits_store,
         "egressguard_policy_poll": config.policy_poll,
+        "egressguard_sinks": str(config.sinks or ""),
+        "egressguard_node": config.node or "",
+        "egressguard_signing_key": config.signing_key,
+        **config.journal_options,
     }
     if config.upstream_ca is not None:
         bundle = ca.trust_bundle(config.state / "upstream-trust.pem", [config.upstream_ca])
@@ -103,7 +112,14 @@ async def serve(config: ServeConfig) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, master.shutdown)
-    await master.run()
+    shipper = Supervisor(config.journal, config.sinks, config.node) if config.sinks else None
+    if shipper is not None:
+        shipper.start()
+    try:
+        await master.run()
+    finally:
+        if shipper is not None:  # after the journal's last record and checkpoint
+            await shipper.stop()
     return int(getattr(master, "exit_code", 0) or 0)
 
 

@@ -125,6 +125,13 @@ class Stack:
         terminate(self._proxy)
         self._proxy = None
 
+    def kill_proxy(self) -> None:
+        """`kill -9` the proxy: no shutdown, no last checkpoint (a crash)."""
+        if self._proxy is not None:
+            self._proxy.kill()
+            self._proxy.wait()
+            self._proxy = None
+
     def signal_proxy(self, sig: int) -> None:
         """Send `sig` (e.g. SIGHUP: reload the policy) to the running proxy."""
         if self._proxy is None or self._proxy.poll() is not None:

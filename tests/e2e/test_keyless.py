@@ -352,4 +352,4 @@ def test_every_request_has_exactly_one_record_and_the_chain_verifies(
         check=False,
     )
     assert verify.returncode == 0, verify.stdout + verify.stderr
-    assert verify.stdout.startswith(f"OK {len(all_ids)} records, chain intact")
+    assert verify.stdout.startswith(f"OK {len(all_ids)} records (seq 1-{len(all_ids)})")
