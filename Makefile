@@ -19,6 +19,7 @@ demo: $(STAMP)
 bench: $(STAMP) bench-deps
 	$(PY) bench/policy_decide.py
 	$(PY) bench/redaction.py
+	$(PY) bench/journal.py
 	$(PY) bench/overhead.py
 
 lint: $(STAMP)

@@ -43,9 +43,14 @@ journal record must carry the `redactions` counts the bench works out for the pr
 vendor must receive the prompt masked. Target (issue): eg+redaction's throughput
 >= 70 % of bare mitmdump's for 4 KB prompts, at c=1 and c=20.
 
+With `--sinks`, one more proxy, `eg+2 sinks`, runs with `--sinks`: its shipper process
+forwards every journal record to a fake SIEM's Splunk HEC endpoint (indexer
+acknowledgement on) and its NDJSON endpoint (gzipped, OCSF). The shipper's CPU counts
+with the proxy's; at the end every journal record of that proxy must be at both sinks.
+
     .venv/bin/python bench/overhead.py [--rounds 5] [--seconds 4] [--connections auto]
                                        [--limits none|inproc|redis|all] [--redaction]
-                                       [--path auto|PATH]
+                                       [--sinks] [--path auto|PATH]
 
 Exit status: 0 when everything ran (whether or not the targets are met), 1 when a
 request failed or the audit check did not add up, 2 when the set-up could not start.
@@ -70,6 +75,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mitmproxy.version import VERSION as MITMPROXY_VERSION
 
@@ -77,7 +83,16 @@ from egressguard.core import apis, entities
 from egressguard.core.redact import actions, fields
 from egressguard.core.redact.detect import default_detector
 from egressguard.core.vendors import catalogue
-from egressguard.tools.procs import free_port, port_open, spawn, terminate, wait_until
+from egressguard.tools.fakesiem import DEFAULT_HEC_TOKEN, SiemControl
+from egressguard.tools.procs import (
+    free_port,
+    port_open,
+    spawn,
+    start_announced,
+    stop_announced,
+    terminate,
+    wait_until,
+)
 from egressguard.tools.stack import Stack
 
 HERE = Path(__file__).resolve().parent
@@ -105,6 +120,15 @@ rules:
     match: {{agents: [bench-agent]}}
     limits:
       agent: {{requests_per_minute: 100000000, tokens_per_minute: 10000000000}}
+"""
+# the journal shipped to two sinks by `egressguard ship`: Splunk HEC with indexer
+# acknowledgement and gzipped NDJSON, both the fake SIEM (its CPU is not counted)
+SINKS = "eg+2 sinks"
+SINKS_FILE = """\
+version: 1
+sinks:
+  - {{name: splunk, type: splunk_hec, url: "{url}", token_env: EGRESSGUARD_BENCH_HEC, ack: true}}
+  - {{name: lake, type: http, url: "{url}/ndjson", gzip: true, mapping: ocsf}}
 """
 # bench-agent's requests redacted: every structured PII type masked, secrets blocked
 REDACTION = "eg+redaction"
@@ -293,6 +317,7 @@ class Proxy:
     # per concurrency: CPU seconds per process over the measured runs, and requests
     cpu: dict[int, Counter[str]] = field(default_factory=dict)
     cpu_requests: Counter[int] = field(default_factory=Counter)
+    siem: Any = None  # the fake SIEM of the sinks variant (SiemControl)
 
     def measured(self, concurrency: int, seconds: float | None = None, *,
                  keepalive: bool = True) -> HeyRun:
@@ -373,6 +398,68 @@ def redis_server(workdir: Path) -> Iterator[tuple[str, int]]:
         terminate(proc)
 
 
+@contextmanager
+def sinks_variant(stack: Stack, workdir: Path, token: str, target: Target) -> Iterator[Proxy]:
+    """egressguard with `--sinks`: its shipper process (whose CPU counts with the proxy's)
+    forwards to a fake SIEM started for it."""
+    receiver, info = start_announced([sys.executable, "-m", "egressguard.tools.fakesiem",
+                                      "--listen", "127.0.0.1:0", "--hec-ack"])
+    os.environ["EGRESSGUARD_BENCH_HEC"] = DEFAULT_HEC_TOKEN  # the shipper reads it at start
+    variant = None
+    try:
+        sinks_file = workdir / "sinks.yaml"
+        sinks_file.write_text(SINKS_FILE.format(url=info["url"]))
+        variant = start_variant(stack, workdir / "sinks", stack.policy,
+                                ("--sinks", str(sinks_file)))
+        pid = proxy_pid(variant)
+        shipper = wait_until(lambda: _child(pid, b"ship"), timeout=20,
+                             what="the proxy's shipper process")
+        proxy = Proxy(SINKS, variant.proxy_url(AGENT, token), target, variant,
+                      {"proxy": pid, "shipper": shipper})
+        proxy.siem = SiemControl(info["url"])
+        yield proxy
+    finally:
+        if variant is not None:
+            variant.stop_proxy()
+        stop_announced(receiver)
+
+
+def _child(parent: int, word: bytes) -> int | None:
+    """The pid of a child of `parent` whose command line holds `word`."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rpartition(")")[2].split()
+            cmd = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat[1]) == parent and word in cmd.split(b"\0"):
+            return int(entry.name)
+    return None
+
+
+def sinks_check(proxy: Proxy, timeout: float = 120.0) -> str:
+    """Every record of the variant's journal at both sinks (at least once), and how long
+    the last took to arrive after the load stopped."""
+    assert proxy.stack is not None and proxy.siem is not None
+    ids = {r["id"] for r in proxy.stack.records()}
+    started = time.monotonic()
+
+    def delivered() -> bool:
+        received = proxy.siem.received()  # type: ignore[union-attr]
+        hec = {d["doc"]["event"]["id"] for d in received["hec"]["docs"]}
+        lake = {d["doc"]["metadata"]["uid"] for d in received["ndjson"]["docs"]}
+        return ids <= hec and ids <= lake
+
+    try:
+        wait_until(delivered, timeout=timeout, what="every record at both sinks")
+    except TimeoutError as exc:
+        raise BenchError(f"sinks ({SINKS}): {exc}") from None
+    return (f"sinks ({SINKS}): all {len(ids)} journal records at both sinks, the last "
+            f"{time.monotonic() - started:.1f} s after the load stopped -- OK")
+
+
 def start_variant(stack: Stack, workdir: Path, policy: Path,
                   proxy_args: tuple[str, ...]) -> Stack:
     """Another egressguard proxy on `stack`'s OpenBao, fake vendor, CA and token key
@@ -392,9 +479,10 @@ def start_variant(stack: Stack, workdir: Path, policy: Path,
 
 @contextmanager
 def proxies(workdir: Path, limits: tuple[str, ...] = (), target: Target = Target(),
-            redaction: bool = False) -> Iterator[tuple[Proxy, list[Proxy], Stack]]:
+            redaction: bool = False, sinks: bool = False
+            ) -> Iterator[tuple[Proxy, list[Proxy], Stack]]:
     """Bare mitmdump, then egressguard without limits and with each of `limits`, then
-    with redaction if asked."""
+    with redaction, then with two sinks, if asked."""
     stack = Stack(workdir / "stack")
     bare: subprocess.Popen[bytes] | None = None
     with ExitStack() as cleanup:
@@ -427,6 +515,8 @@ def proxies(workdir: Path, limits: tuple[str, ...] = (), target: Target = Target
                 cleanup.callback(variant.stop_proxy)
                 egs.append(Proxy(REDACTION, variant.proxy_url(AGENT, token), target, variant,
                                  {"proxy": proxy_pid(variant)}))
+            if sinks:
+                egs.append(cleanup.enter_context(sinks_variant(stack, workdir, token, target)))
             yield (Proxy("bare mitmdump", f"http://127.0.0.1:{port}", target, None,
                          {"proxy": bare.pid}), egs, stack)
         finally:
@@ -735,6 +825,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="also measure egressguard redacting a ~4 KB chat prompt (structured "
                         "PII masked, secrets blocked, no NER), every proxy POSTing it to "
                         f"{CHAT_PATH}")
+    p.add_argument("--sinks", action="store_true",
+                   help="also measure egressguard shipping its journal to two sinks (Splunk "
+                        "HEC with acks and NDJSON, on a fake SIEM), shipper CPU counted")
     p.add_argument("--path", default="auto",
                    help=f"the vendor path hey POSTs to; auto: {BENCH_PATH} without limits "
                         f"or redaction, {CHAT_PATH} with either (the fake reports usage "
@@ -742,7 +835,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"{BENCH_PATH}, which is no chat endpoint)")
     p.add_argument("--keep", action="store_true", help="keep the work directory and logs")
     args = p.parse_args(argv)
-    limits = LIMITS[args.limits or ("none" if args.redaction else "all")]
+    limits = LIMITS[args.limits or ("none" if args.redaction or args.sinks else "all")]
     path = args.path if args.path != "auto" else \
         CHAT_PATH if limits or args.redaction else BENCH_PATH
     if not path.startswith("/"):
@@ -762,7 +855,8 @@ def main(argv: list[str] | None = None) -> int:
     status = 2
     print(f"egressguard overhead benchmark -- {machine()}", flush=True)
     try:
-        with proxies(workdir, limits, target, args.redaction) as (bare, egs, stack):
+        with proxies(workdir, limits, target, args.redaction, args.sinks) as (bare, egs,
+                                                                          stack):
             status = 1
             everyone = [bare, *egs]
             keepalive, stall = choose_connections(args.connections, *everyone)
@@ -780,12 +874,17 @@ def main(argv: list[str] | None = None) -> int:
                               forget)
             print(f"\nMedians of {args.rounds} rounds, {how} (ratio and added p50: medians "
                   f"of the per-round pairs):\n\n{table(pairs(results, bare.name, EG))}\n")
+            if args.sinks:
+                print(f"With two sinks ({SINKS}: the shipper process forwards every record "
+                      "to Splunk HEC, acknowledged once indexed, and to an NDJSON endpoint; "
+                      "its CPU is counted with the proxy's below):\n\n"
+                      + table(pairs(results, bare.name, SINKS)) + "\n")
             if limits:
                 print("With limits (reserve before forwarding, settle on the response; "
                       "4 counters per request, none ever full), against bare mitmdump and "
                       "against egressguard without limits in the same rounds:\n\n"
                       + limits_table(results, [p.name for p in egs[1:]
-                                               if p.name != REDACTION]) + "\n")
+                                               if p.name not in (REDACTION, SINKS)]) + "\n")
             if args.redaction:
                 print(f"With redaction ({REDACTION}: a ~4 KB prompt, 2 e-mail addresses and 2 "
                       "phone numbers masked per request, findings from the per-text cache "
@@ -796,8 +895,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"measured rounds):\n\n{cpu_table(everyone)}\n")
             for eg in egs:
                 print(audit_check(eg))
+            if args.sinks:
+                print(sinks_check(egs[-1]))
             if args.redaction:
-                print(vendor_check(egs[-1], stack))
+                print(vendor_check(next(e for e in egs if e.name == REDACTION), stack))
                 print(detection_cost(target.body))
             if stall:
                 print(f"NOTE: measured without keep-alive because {stall}.")
