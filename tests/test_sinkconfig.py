@@ -129,3 +129,8 @@ def test_the_version_is_required() -> None:
 def test_load_names_an_unreadable_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read the sinks file"):
         load_sinks(tmp_path / "nope.yaml")
+
+
+def test_the_shipped_example_parses() -> None:
+    example = Path(__file__).resolve().parents[1] / "deploy" / "sinks.example.yaml"
+    assert load_sinks(example).names == ["siem-syslog", "splunk", "elastic"]
