@@ -261,3 +261,17 @@ def test_records_name_their_node(pipeline):
     pipeline.tctx.options.update(egressguard_node="egress-7")
     pipeline.send(OPENAI, headers=[("Authorization", "Bearer " + pipeline.token())])
     assert pipeline.records()[-1]["node"] == "egress-7"
+
+
+def test_housekeeping_leaves_metrics_for_a_textfile_collector(pipeline, tmp_path):
+    sinks = tmp_path / "sinks.yaml"
+    sinks.write_text("version: 1\nsinks:\n  - {name: siem, type: http, url: 'http://x/'}\n")
+    pipeline.tctx.options.update(egressguard_sinks=str(sinks), egressguard_node="n1")
+    pipeline.send(OPENAI, headers=[("Authorization", "Bearer " + pipeline.token())])
+    asyncio.run(pipeline.audit.keep_house())
+    text = (pipeline.files["journal"] / "egressguard.prom").read_text()
+    seq = pipeline.records()[-1]["seq"]
+    assert f'egressguard_journal_seq{{node="n1"}} {seq}\n' in text
+    assert 'egressguard_journal_full{node="n1"} 0\n' in text
+    assert f'egressguard_sink_behind_records{{node="n1",sink="siem"}} {seq}\n' in text
+    assert "# TYPE egressguard_sink_failing gauge\n" in text

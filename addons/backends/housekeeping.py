@@ -46,6 +46,7 @@ class Health:
     full: str | None = None  # why appends must be refused, or None
     compressed: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+    sinks: dict[str, cursors.Cursor | None] = field(default_factory=dict)  # their cursors
 
 
 def run(directory: Path, active: int, sinks: list[str], retention: Retention,
@@ -78,6 +79,7 @@ def run(directory: Path, active: int, sinks: list[str], retention: Retention,
                 total -= sizes.pop(s.number)
                 _remove(s, "the journal is over its disk cap", health)
     health.bytes, health.files = total, len(sizes)
+    health.sinks = {sink: cursors.load(directory, sink) for sink in sinks}
     health.undelivered_bytes = sum(size for n, size in sizes.items()
                                    if through is not None and n >= through)
     if retention.max_bytes and total > retention.max_bytes:
@@ -125,3 +127,32 @@ def _mtime(path: Path) -> float:
         return path.stat().st_mtime
     except FileNotFoundError:
         return 0.0
+
+
+def prometheus(health: Health, node: str | None, seq: int) -> str:
+    """The journal's and the sinks' state in Prometheus' text format, for node
+    exporter's textfile collector (the alarm a dashboard can page on)."""
+    label = f'node="{node or ""}"'
+    lines = []
+
+    def gauge(name: str, what: str, samples: list[tuple[str, float]]) -> None:
+        lines.extend((f"# HELP {name} {what}", f"# TYPE {name} gauge"))
+        lines.extend(f"{name}{{{labels}}} {value:g}" for labels, value in samples)
+
+    gauge("egressguard_journal_bytes", "Bytes in the audit journal's files.",
+          [(label, health.bytes)])
+    gauge("egressguard_journal_undelivered_bytes", "Bytes in journal files some sink has "
+          "not delivered yet.", [(label, health.undelivered_bytes)])
+    gauge("egressguard_journal_full", "1 while the journal is at its disk cap and requests "
+          "are refused.", [(label, 1 if health.full else 0)])
+    gauge("egressguard_journal_seq", "Seq of the last record written.", [(label, seq)])
+    if health.sinks:
+        each = {sink: f'{label},sink="{sink}"' for sink in health.sinks}
+        gauge("egressguard_sink_behind_records", "Records written but not yet delivered to "
+              "the sink.", [(each[s], seq - (c.seq if c else 0)) for s, c in health.sinks.items()])
+        gauge("egressguard_sink_failing", "1 while the sink's last attempt failed.",
+              [(each[s], 1 if c and c.error else 0) for s, c in health.sinks.items()])
+        gauge("egressguard_sink_last_delivery_timestamp_seconds", "When the sink last "
+              "confirmed a batch (0: never).",
+              [(each[s], c.updated if c else 0) for s, c in health.sinks.items()])
+    return "\n".join(lines) + "\n"

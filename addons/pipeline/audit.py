@@ -95,7 +95,8 @@ _JOURNAL_OPTIONS = {
 _HOUSEKEEPING_OPTIONS = {
     "egressguard_sinks", "egressguard_journal_max_bytes", "egressguard_journal_retention",
     "egressguard_journal_when_full"}
-HOUSEKEEPING_EVERY = 5.0  # seconds between passes; also after every rotation
+HOUSEKEEPING_EVERY = 5.0  # seconds between passes
+METRICS_FILE = "egressguard.prom"  # for node exporter's textfile collector
 
 
 class Audit:
@@ -216,6 +217,8 @@ class Audit:
         except OSError as exc:
             log.error("audit journal housekeeping failed: %s", exc)
             return
+        _replace(journal.directory / METRICS_FILE,
+                 housekeeping.prometheus(health, journal.node, journal.seq))
         if health.full and not journal.full:
             log.critical("AUDIT JOURNAL FULL, refusing requests: %s", health.full)
         elif journal.full and not health.full:
@@ -290,6 +293,16 @@ class Audit:
             log.critical("audit record for %s not written: %s", flowstate.begin(flow), exc)
             return False
         return True
+
+
+def _replace(path: Path, text: str) -> None:
+    """Write a whole file so a reader never sees half of it."""
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        partial.write_text(text)
+        partial.replace(path)
+    except OSError as exc:
+        log.warning("cannot write %s: %s", path, exc)
 
 
 def _journal_down(full: str | None = None) -> EgressError:
