@@ -44,7 +44,7 @@ def full_facts() -> RequestFacts:
         redactions={"EMAIL_ADDRESS": {"mask": 2}, "PERSON": {"pseudonymize": 1}},
         response_redactions={"AWS_ACCESS_KEY": {"mask": 1}, "JWT": {"log": 2}},
         message=None, status=200, error=None, latency_ms=812.5, upstream_ms=640.25, bytes_in=1234,
-        bytes_out=5678, usage={"input_tokens": 12, "output_tokens": 34},
+        bytes_out=5678, usage={"input_tokens": 12, "output_tokens": 34}, spend_usd=0.000027,
         credential={"path": "egressguard/vendors/openai", "version": 3},
     )
 
@@ -122,7 +122,7 @@ def test_a_full_record() -> None:
         "response_redactions": {"AWS_ACCESS_KEY": {"mask": 1}, "JWT": {"log": 2}},
         "message": None, "status": 200, "error": None, "latency_ms": 812.5,
         "upstream_ms": 640.25, "bytes_in": 1234, "bytes_out": 5678,
-        "usage": {"input_tokens": 12, "output_tokens": 34},
+        "usage": {"input_tokens": 12, "output_tokens": 34}, "spend_usd": 0.000027,
         "credential": {"path": "egressguard/vendors/openai", "version": 3},
         "checkpoint": None,
     }
@@ -133,7 +133,8 @@ def test_a_minimal_record_defaults_to_nulls() -> None:
     nulls = [k for k, v in record.items() if v is None]
     assert nulls == ["node", "agent", "team", "token_id", "vendor", "model", "stream", "policy",
                      "rule", "clamps", "limits", "redactions", "response_redactions", "error",
-                     "latency_ms", "upstream_ms", "usage", "credential", "checkpoint"]
+                     "latency_ms", "upstream_ms", "usage", "spend_usd", "credential",
+                     "checkpoint"]
     assert (record["kind"], record["decision"], record["bytes_in"], record["bytes_out"]) == (
         "connect", "deny", 0, 0)
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from egressguard.core.globs import is_glob
+from egressguard.core.usage import Usage
 from egressguard.core.vendors import Catalogue, catalogue
 from egressguard.core.yamlsource import (
     ConfigError,
@@ -260,6 +261,18 @@ def spend_micros(price: Price, input_tokens: int, output_tokens: int) -> int:
     pico = (input_tokens * round(price.input_per_mtok * MICROS)
             + output_tokens * round(price.output_per_mtok * MICROS))
     return -(-pico // MICROS)
+
+
+def settled(usage: Usage | None, price: Price | None) -> Cost | None:
+    """What a request cost by the vendor's own counts; None when it reported none.
+    Anthropic bills prompt-cache reads and writes on top of `input_tokens`: both count,
+    at the input price (reads cost less, writes a quarter more)."""
+    if usage is None or usage.input_tokens is None or usage.output_tokens is None:
+        return None
+    read = usage.input_tokens + (usage.cache_read_input_tokens or 0) + (
+        usage.cache_creation_input_tokens or 0)
+    return Cost(1, read + usage.output_tokens,
+                spend_micros(price, read, usage.output_tokens) if price else 0)
 
 
 def estimate(body_bytes: int, max_tokens: int | None, price: Price | None) -> Cost:

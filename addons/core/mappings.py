@@ -206,7 +206,8 @@ def _ocsf_resources(r: Record) -> list[Doc] | None:
 
 _OCSF_UNMAPPED = ("schema", "kind", "node", "decision", "rule", "policy", "model",
                   "stream", "clamps", "limits", "redactions", "response_redactions",
-                  "error", "usage", "credential", "checkpoint", "prev_hash", "hash")
+                  "error", "usage", "spend_usd", "credential", "checkpoint", "prev_hash",
+                  "hash")
 
 
 def _ocsf_unmapped(r: Record) -> Doc | None:
@@ -308,7 +309,7 @@ def _ecs_related(r: Record, ip: str | None) -> Doc | None:
 
 _ECS_OWN = ("schema", "kind", "decision", "token_id", "stream", "policy", "clamps", "limits",
             "redactions", "response_redactions", "latency_ms", "upstream_ms",
-            "credential", "checkpoint", "prev_hash")
+            "spend_usd", "credential", "checkpoint", "prev_hash")
 
 
 def _ecs_egressguard(r: Record) -> Doc | None:
@@ -392,6 +393,7 @@ def _custom(r: Record) -> dict[str, Any]:
     checkpoint = r["checkpoint"] or {}
     return {
         "egressguardStatus": r["status"], "egressguardTokenId": r["token_id"],
+        "egressguardSpendUsd": r.get("spend_usd"),
         "egressguardStream": r["stream"], "egressguardError": r["error"],
         "egressguardResponseRedactions": counts(r["response_redactions"]),
         "egressguardClamps": _json(r["clamps"]), "egressguardLimits": _json(r["limits"]),

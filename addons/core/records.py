@@ -64,6 +64,7 @@ class RequestFacts:
     bytes_in: int = 0
     bytes_out: int = 0
     usage: dict[str, int | None] | None = None
+    spend_usd: float | None = None  # usage at the policy's price table
     credential: dict[str, Any] | None = None
     checkpoint: dict[str, Any] | None = None
 
@@ -111,6 +112,7 @@ def build(facts: RequestFacts) -> dict[str, Any]:
         "bytes_in": facts.bytes_in,
         "bytes_out": facts.bytes_out,
         "usage": facts.usage,
+        "spend_usd": facts.spend_usd,
         "credential": facts.credential,
         "checkpoint": facts.checkpoint,
     }

@@ -21,7 +21,7 @@ from mitmproxy import ctx, exceptions, http
 from egressguard.backends import housekeeping
 from egressguard.backends.journal import Journal, JournalError, JournalFull, Settings
 from egressguard.backends.signing import SigningKeyError, load_signing_key
-from egressguard.core import records
+from egressguard.core import limits, records
 from egressguard.core.errors import EgressError, SecretUnavailable
 from egressguard.core.sinkconfig import load_sinks
 from egressguard.core.yamlsource import ConfigError
@@ -82,6 +82,11 @@ def facts(flow: http.HTTPFlow) -> records.RequestFacts:
         f.error = flow.error.msg
     if usage is not None:
         f.usage = usage.as_record()
+        prices = policy.prices if policy is not None else None
+        if prices is not None and f.vendor and f.model and refusal is None:
+            price = prices.price(f.vendor, f.model)
+            cost = limits.settled(usage, price) if price else None
+            f.spend_usd = cost.spend_micros / 1_000_000 if cost else None
     if secret is not None:
         f.credential = {"path": secret.ref.path, "version": secret.ref.version}
     return f

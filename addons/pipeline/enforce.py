@@ -163,17 +163,11 @@ class Enforce:
         reservation, price = held
         usage: Usage | None = flow.metadata.get(flowstate.USAGE)
         if flowstate.REFUSAL in flow.metadata:  # refused after reserving: nothing was sent
-            actual = limits.Cost(1, 0, 0)
-        elif usage is None or usage.input_tokens is None or usage.output_tokens is None:
-            return  # nothing reported: the estimate stands, which errs on the safe side
+            actual: limits.Cost | None = limits.Cost(1, 0, 0)
         else:
-            # Anthropic bills prompt-cache reads and writes on top of input_tokens; both
-            # count here, at the input price (reads cost less, writes a quarter more)
-            read = usage.input_tokens + (usage.cache_read_input_tokens or 0) + (
-                usage.cache_creation_input_tokens or 0)
-            actual = limits.Cost(1, read + usage.output_tokens,
-                                 limits.spend_micros(price, read, usage.output_tokens)
-                                 if price else 0)
+            actual = limits.settled(usage, price)
+        if actual is None:
+            return  # nothing reported: the estimate stands, which errs on the safe side
         task = asyncio.ensure_future(self._settle_quietly(reservation, actual))
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
