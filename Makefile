@@ -34,7 +34,7 @@ $(STAMP): pyproject.toml
 # Debian packages: curl is an agent in the tests, hey drives the benchmark, redis-server
 # and rsyslogd are real servers the tests start. TOOLS are commands (PACKAGE:COMMAND where
 # the names differ; /usr/sbin is searched too), FILES are PACKAGE:GLOB for plugins.
-test-deps: ; @$(MAKE) -s debs TOOLS="curl redis-server rsyslog:rsyslogd" \
+test-deps: ; @$(MAKE) -s debs TOOLS="curl redis-server rsyslog:rsyslogd chromium" \
 	FILES="rsyslog-gnutls:/usr/lib/*/rsyslog/lmnsd_gtls.so"
 bench-deps: ; @$(MAKE) -s debs TOOLS="curl hey redis-server"
 debs:

@@ -79,6 +79,12 @@ def cmd_ship(args: argparse.Namespace) -> int:
     return ship.main(args.journal, args.sinks, args.node, args.parent_pid)
 
 
+def _column_docs() -> str:
+    from egressguard.tools.auditquery import column_docs
+
+    return column_docs()
+
+
 def size(text: str) -> int:
     """`64MiB`, `10GB`, `4096` -> bytes."""
     from egressguard.core.yamlsource import Reader
@@ -233,6 +239,80 @@ def cmd_audit_pubkey(args: argparse.Namespace) -> int:
     from egressguard.tools import auditcli
 
     return auditcli.pubkey(args.signing_key or str(args.state / "audit-signing.key"))
+
+
+def _audit_db(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from egressguard.tools.auditdb import AuditDB, cache_for
+
+    paths = getattr(args, "paths", None) or [args.journal]
+    db = AuditDB(paths, None if args.no_cache else cache_for(paths))
+    for skipped in db.skipped:
+        print(f"egressguard: {skipped}", file=sys.stderr)
+    return db
+
+
+def _filters(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from egressguard.tools.auditquery import Filters
+
+    return Filters(since=args.since, until=args.until, agent=args.agent or [],
+                   team=args.team or [], vendor=args.vendor or [], model=args.model or [],
+                   decision=args.decision or [], rule=args.rule or [],
+                   entity=args.entity or [], status=args.status or [])
+
+
+def _output(args: argparse.Namespace) -> str:
+    return "json" if args.json else "csv" if args.csv else "table"
+
+
+def _auditor(command):  # type: ignore[no-untyped-def]
+    """Run an auditor's command: input problems become one line and exit 2."""
+    def run(args: argparse.Namespace) -> int:
+        from egressguard.tools.auditdb import AuditDataError
+
+        try:
+            with _audit_db(args) as db:
+                return int(command(db, args))
+        except AuditDataError as exc:
+            return fail(str(exc))
+        except BrokenPipeError:  # `| head`
+            return 0
+    return run
+
+
+@_auditor
+def cmd_audit_query(db, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-def]
+    from egressguard.tools import auditquery
+
+    columns = [c for group in args.columns or [] for c in group.split(",") if c] or None
+    return auditquery.query(db, _filters(args), columns, _output(args), args.limit)
+
+
+@_auditor
+def cmd_audit_stats(db, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-def]
+    from egressguard.tools import auditquery
+
+    return auditquery.stats(db, _filters(args), args.by or [], _output(args))
+
+
+@_auditor
+def cmd_audit_sql(db, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-def]
+    from egressguard.tools import auditquery
+
+    return auditquery.sql(db, args.statement, _output(args))
+
+
+@_auditor
+def cmd_audit_export(db, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-def]
+    from egressguard.tools import auditquery
+
+    return auditquery.export(db, _filters(args), args.format, args.out)
+
+
+@_auditor
+def cmd_audit_report(db, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-def]
+    from egressguard.tools import auditreport
+
+    return auditreport.report(db, _filters(args), args.html)
 
 
 def cmd_audit_sinks(args: argparse.Namespace) -> int:
@@ -402,6 +482,58 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--signing-key", metavar="FILE|vault:PATH#FIELD",
                     help="the journal's signing key (default STATE/audit-signing.key)")
     ap.set_defaults(func=cmd_audit_pubkey)
+    source = argparse.ArgumentParser(add_help=False)
+    source.add_argument("paths", type=Path, nargs="*", metavar="PATH",
+                        help="journal folders or files (default: --journal)")
+    source.add_argument("--journal", type=Path, default=Path("var/journal"))
+    source.add_argument("--no-cache", action="store_true",
+                        help="read every file afresh (no cache under ~/.cache/egressguard)")
+    select = argparse.ArgumentParser(add_help=False)
+    select.add_argument("--since", metavar="TIME", help="ISO time, or 30m, 24h, 7d, 2w ago")
+    select.add_argument("--until", metavar="TIME", help="ISO time, or 30m, 24h, 7d, 2w ago")
+    for name, what in (("agent", "agent name"), ("team", "team"), ("vendor", "vendor"),
+                       ("model", "model"), ("decision", "allow or deny"),
+                       ("rule", "deciding rule"),
+                       ("entity", "records with redactions of this entity type"),
+                       ("status", "HTTP status (403) or class (5xx)")):
+        select.add_argument(f"--{name}", action="append", metavar=name.upper(),
+                            help=f"{what} (repeatable: any of them)")
+    shape = argparse.ArgumentParser(add_help=False)
+    kind = shape.add_mutually_exclusive_group()
+    kind.add_argument("--json", action="store_true", help="NDJSON, one object per row")
+    kind.add_argument("--csv", action="store_true", help="CSV with a header")
+    aq = a.add_parser("query", parents=[source, select, shape],
+                      help="records matching the filters, by time")
+    aq.add_argument("--columns", action="append", metavar="A,B,...",
+                    help="columns to show (see `audit sql --help`)")
+    aq.add_argument("--limit", type=int, metavar="N",
+                    help="at most N rows (a table shows 100 unless told)")
+    aq.set_defaults(func=cmd_audit_query)
+    ast = a.add_parser("stats", parents=[source, select, shape],
+                       help="requests, denials, redactions, tokens, spend, latency by ...")
+    ast.add_argument("--by", action="append", metavar="DIM[,DIM]",
+                     help="agent, team, vendor, model, day, rule, node, decision, reason, "
+                     "status, kind or host (repeatable; default agent)")
+    ast.set_defaults(func=cmd_audit_stats)
+    asq = a.add_parser("sql", parents=[source, shape], help="SQL over the `records` table",
+                       epilog="columns of `records`:\n" + _column_docs(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    asq.add_argument("statement", metavar="SQL")
+    asq.set_defaults(func=cmd_audit_sql)
+    journal_only = argparse.ArgumentParser(add_help=False)
+    journal_only.add_argument("--journal", type=Path, default=Path("var/journal"))
+    journal_only.add_argument("--no-cache", action="store_true",
+                              help="read every file afresh")
+    aex = a.add_parser("export", parents=[journal_only, select],
+                       help="a time range with a manifest, verifiable with `audit verify`")
+    aex.add_argument("--format", choices=("jsonl", "csv", "parquet"), default="jsonl")
+    aex.add_argument("out", type=Path, metavar="OUT", help="a new (or empty) folder")
+    aex.set_defaults(func=cmd_audit_export)
+    arp = a.add_parser("report", parents=[source, select],
+                       help="one self-contained HTML page: spend, requests, denials, rules, "
+                       "redactions, latency, with charts")
+    arp.add_argument("--html", type=Path, required=True, metavar="FILE")
+    arp.set_defaults(func=cmd_audit_report)
     asi = a.add_parser("sinks", help="how far each sink has got, and whether it is failing")
     asi.add_argument("--journal", type=Path, default=Path("var/journal"))
     asi.add_argument("--sinks", type=Path, metavar="FILE", help="the sinks file")

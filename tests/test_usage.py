@@ -84,7 +84,7 @@ GROQ_LAST_CHUNK = {  # groq reports usage in x_groq, without being asked
     (OPENAI_RESPONSES, (10, 20)),
     (ANTHROPIC_MESSAGE, (25, 15)),
     (GEMINI, (8, 5)),
-    (EMBEDDINGS, (8, None)),
+    (EMBEDDINGS, (8, 0)),  # all input: total == prompt, so spend can be settled
     (ANTHROPIC_CACHED, (5, 15)),
     (GEMINI_THINKING, (8, 45)),  # thoughts are billed as output
     ({"usageMetadata": {"promptTokenCount": 3, "thoughtsTokenCount": 4}}, (3, 4)),

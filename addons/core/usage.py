@@ -84,7 +84,11 @@ def from_object(obj: Any) -> Usage | None:
     output = _first_int(u, _OUTPUT_KEYS)
     if (thoughts := _int(u, "thoughtsTokenCount")) is not None:  # Gemini bills as output
         output = (output or 0) + thoughts
-    usage = Usage(_first_int(u, _INPUT_KEYS), output, _int(u, "cache_read_input_tokens"),
+    inputs = _first_int(u, _INPUT_KEYS)
+    total = _first_int(u, ("total_tokens", "totalTokenCount"))
+    if output is None and inputs is not None and total == inputs:
+        output = 0  # an embedding: all of it input (OpenAI reports no completion count)
+    usage = Usage(inputs, output, _int(u, "cache_read_input_tokens"),
                   _int(u, "cache_creation_input_tokens"))
     return usage if usage.as_record() else None
 

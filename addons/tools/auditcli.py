@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -13,8 +14,10 @@ from egressguard.backends import cursors
 from egressguard.backends.journal import journal_files, read_lines, segments
 from egressguard.backends.signing import SigningKeyError, load_signing_key
 from egressguard.core import chain, checkpoints, records
+from egressguard.core.chain import Line
 from egressguard.core.sinkconfig import load_sinks
 from egressguard.core.yamlsource import ConfigError
+from egressguard.tools import auditquery
 
 _COLUMNS = ("ts", "agent", "vendor", "method", "path", "model", "status", "decision",
             "reason")
@@ -42,8 +45,10 @@ def _cell(value: object) -> str:
 
 
 def verify(paths: list[Path], pubkey: Path | None) -> int:
-    """Check chains, seqs, file closure and (with `pubkey`) checkpoint signatures across
-    the journal files (plain or gzipped) in `paths`; 0 only when all is intact."""
+    """Check chains, seqs, file closure and (with `pubkey`) checkpoint signatures: of a
+    journal (its folder, or its files in order, plain or gzipped), of several journals
+    (one folder each), or of an export (its folder: the manifest's hashes too); 0 only
+    when all is intact."""
     missing = [p for p in paths if not p.exists()]
     if missing:
         print(f"egressguard: no such file or directory: {', '.join(map(str, missing))}",
@@ -57,22 +62,59 @@ def verify(paths: list[Path], pubkey: Path | None) -> int:
             print(f"egressguard: cannot use {pubkey} as the public key: {exc}",
                   file=sys.stderr)
             return 2
-    result = chain.verify(read_lines(paths), public)
-    for problem in result.problems:
+    results, manifest_problems = [], []
+    for chain_lines, problems in _chains(paths):
+        manifest_problems += problems
+        results.append(chain.verify(chain_lines, public))
+    for problem in manifest_problems:
         print(f"BROKEN {problem}")
-    if result.records == 0 and not result.problems:
+    found = [p for r in results for p in r.problems]
+    for problem in found:
+        print(f"BROKEN {problem}")
+    records = sum(r.records for r in results)
+    if records == 0 and not found and not manifest_problems:
         print("egressguard: no records found", file=sys.stderr)
         return 1
-    signed = (f"{result.signatures} signatures verified" if public is not None else
-              "signatures not checked (pass --pubkey FILE)")
-    summary = (f"{result.records} records (seq {result.first_seq}-{result.last_seq}), "
-               f"{result.checkpoints} checkpoints, {signed}")
-    if result.problems:
-        print(f"{len(result.problems)} problem(s) in {summary}; the first: "
-              f"{result.problems[0]}", file=sys.stderr)
+    signed = (f"{sum(r.signatures for r in results)} signatures verified"
+              if public is not None else "signatures not checked (pass --pubkey FILE)")
+    seqs = ", ".join(f"{r.first_seq}-{r.last_seq}" for r in results if r.records)
+    summary = (f"{records} records (seq {seqs}), {sum(r.checkpoints for r in results)} "
+               f"checkpoints, {signed}")
+    if found or manifest_problems:
+        first = manifest_problems[0] if manifest_problems else found[0]
+        print(f"{len(found) + len(manifest_problems)} problem(s) in {summary}; the first: "
+              f"{first}", file=sys.stderr)
         return 1
-    print(f"OK {summary}; chain intact, last hash {result.last_hash}")
+    last = results[-1].last_hash if len(results) == 1 else "per chain"
+    print(f"OK {summary}; chain intact, last hash {last}")
     return 0
+
+
+def _chains(paths: list[Path]) -> Iterator[tuple[Iterator[Line], list[str]]]:
+    """The chains `paths` hold, each as (its lines, problems found on the way): a
+    journal folder is one chain, an export folder one per file (after its manifest is
+    checked), and loose files together one (the files of one journal, in order)."""
+    loose = [p for p in paths if p.is_file()]
+    if loose:
+        yield chain_lines(loose), []
+    for folder in (p for p in paths if p.is_dir()):
+        if (folder / auditquery.MANIFEST).exists():
+            files, problems = auditquery.check_manifest(folder)
+            for i, f in enumerate(f for f in files if f.exists()):
+                yield auditquery.lines_of_export(f), problems if i == 0 else []
+            if not files:
+                yield iter(()), problems
+        else:
+            yield read_lines([folder]), []
+
+
+def chain_lines(files: list[Path]) -> Iterator[Line]:
+    """Loose files: journal files as they are, exports by their records."""
+    journal = [f for f in files if f.suffix not in (".csv", ".parquet")]
+    yield from read_lines(journal) if journal else ()
+    for f in files:
+        if f.suffix in (".csv", ".parquet"):
+            yield from auditquery.lines_of_export(f)
 
 
 def pubkey(key_spec: str) -> int:
