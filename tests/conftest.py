@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import os
+import socket
 import ssl
 import sys
 import time
@@ -19,8 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
+import secret_registry
 from mitmproxy import connection, hooks, http, tls
 from mitmproxy.proxy import context
 from mitmproxy.proxy.layers.tls import parse_client_hello
@@ -33,6 +36,7 @@ from egressguard.core.errors import SecretUnavailable
 from egressguard.core.secret import Secret, SecretLocation, SecretRef
 from egressguard.core.vendors import Vendor
 from egressguard.pipeline.inject import Inject
+from egressguard.pipeline.upstream import UpstreamMap
 from egressguard.tools.fakesiem import DEFAULT_HEC_TOKEN, SiemControl
 from egressguard.tools.procs import start_announced, stop_announced
 
@@ -42,6 +46,50 @@ def pytest_configure(config: pytest.Config) -> None:
     whether pytest was started by `make test` or straight from the venv."""
     bindir = str(Path(sys.executable).parent)
     os.environ["PATH"] = os.pathsep.join([bindir, os.environ.get("PATH", "")])
+
+
+# -- the secret sweep (tests/test_zz_secret_sweep.py) -----------------------------------
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The sweep reads what every other test wrote, so it runs last (tests/e2e/ and
+    any later test file would otherwise be free to run after it)."""
+    last = [item for item in items if item.path.name == SWEEP]
+    items[:] = [item for item in items if item.path.name != SWEEP] + last
+
+
+SWEEP = "test_zz_secret_sweep.py"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_fixture_setup(fixturedef: Any, request: pytest.FixtureRequest) -> Any:
+    """Fixtures' credentials (a Stack's Vault root token, a server's password) join the
+    values the sweep looks for."""
+    value = yield
+    secret_registry.register_credentials_of(value)
+    return value
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
+    """What a fake SIEM received during the test, while its fixture still runs (it
+    forgets at the next test's reset), for the sweep."""
+    for value in getattr(item, "funcargs", {}).values():
+        if isinstance(value, SiemControl):
+            try:
+                received = value.received()
+            except httpx.HTTPError:  # a test that stopped it: nothing left to read
+                continue
+            secret_registry.capture(f"{item.nodeid} (fake SIEM received)",
+                                    orjson.dumps(received).decode())
+    return (yield)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Each test's captured stdout, stderr and log lines, for the sweep (the teardown
+    report carries those of every phase)."""
+    if report.when == "teardown":
+        for title, text in report.sections:
+            secret_registry.capture(f"{report.nodeid} ({title})", text)
 
 
 DEFAULT_POLICY = """\
@@ -57,8 +105,8 @@ rules:
 """
 
 # Stand-ins for the real keys the store hands out; tests assert they never leak.
-REAL_KEYS = {v: f"real-{v}-key-" + "0123456789" * 3 for v in
-             ("openai", "anthropic", "google", "azure_openai", "mistral")}
+REAL_KEYS = {v: secret_registry.register(f"real-{v}-key-" + "0123456789" * 3, "vendor key")
+             for v in ("openai", "anthropic", "google", "azure_openai", "mistral")}
 SECRET_VERSION = 7
 
 REQUEST_HOOKS = ("requestheaders", "request", "responseheaders", "response")
@@ -67,6 +115,28 @@ _REQUEST_PHASE = ("requestheaders", "request", "responseheaders")
 
 def default_location(vendor: str) -> SecretLocation:
     return SecretLocation("secret", f"egressguard/vendors/{vendor}", "api_key")
+
+
+PUBLIC_ADDRESS = "93.184.215.14"  # what every name resolves to in addon tests
+
+
+class FakeResolver:
+    """In-memory `Resolver` (the Protocol in pipeline/upstream.py), since tests have no
+    DNS: every name resolves to PUBLIC_ADDRESS unless `answers[name]` lists answers,
+    one per lookup, the last repeated (so a name can change its answer: DNS
+    rebinding); an empty answer fails like an unknown name. `asked` logs lookups."""
+
+    def __init__(self) -> None:
+        self.answers: dict[str, list[list[str]]] = {}
+        self.asked: list[str] = []
+
+    async def resolve(self, host: str, port: int) -> list[str]:
+        self.asked.append(host)
+        queue = self.answers.get(host) or [[PUBLIC_ADDRESS]]
+        answer = queue.pop(0) if len(queue) > 1 else queue[0]
+        if not answer:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return answer
 
 
 class FakeSecretStore:
@@ -342,7 +412,9 @@ def pipeline(tmp_path: Path, policy_yaml: str,
              "token_key": tmp_path / "token.key", "revoked": tmp_path / "revoked"}
     files["policy"].write_text(policy_yaml)
     store = FakeSecretStore(secrets)
-    addons = [Inject(store) if isinstance(a, Inject) else type(a)() for a in egressguard.addons]
+    addons = [Inject(store) if isinstance(a, Inject) else
+              UpstreamMap(FakeResolver()) if isinstance(a, UpstreamMap) else type(a)()
+              for a in egressguard.addons]
     with taddons.context(*addons, loadcore=False) as tctx:
         harness = Pipeline(tctx, addons, files, store)  # creates the token key
         # no fsync: durability is the journal's own tests' concern, speed is ours

@@ -19,7 +19,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from egressguard.core import entities, policylint
+from egressguard.core import entities, netguard, policylint
 from egressguard.core.apis import ENDPOINTS
 from egressguard.core.globs import Globs
 from egressguard.core.limits import LIMIT_NAMES, LimitSpec, PriceTable, load_prices
@@ -56,6 +56,8 @@ _RULE = ("name", "description", "match", "action", "reason", "models", "endpoint
          "key_pool", "limits")
 _MATCH = ("agents", "teams", "labels", "vendors", "hosts", "paths", "models")
 _SECRETS = ("mount", "field", "path", "vendors", "teams", "agents")
+_PASSTHROUGH = ("host", "ports")
+DEFAULT_PORTS = frozenset({443})
 _TEMPLATE_FIELDS = {"vendor", "team", "agent"}
 _HOST = re.compile(r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9-]{1,63}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
@@ -95,6 +97,8 @@ class Policy:
     source: str
     digest: str = ""  # sha256 of the file, so records say which policy decided
     passthrough: tuple[str, ...] = ()
+    # pass-through pattern -> the ports agents may reach it on (443 unless `ports:`)
+    passthrough_ports: Mapping[str, frozenset[int]] = _no_overrides()
     secrets: SecretPaths = SecretPaths()
     agents: Mapping[str, Subject] = _no_overrides()
     teams: Mapping[str, Subject] = _no_overrides()
@@ -114,6 +118,12 @@ class Policy:
     def is_passthrough(self, host: str) -> bool:
         host = normalize_host(host)
         return any(host_matches(p, host) for p in self.passthrough)
+
+    def allowed_ports(self, host: str) -> frozenset[int]:
+        """The ports of every pass-through entry naming `host` (443 for a vendor host)."""
+        host = normalize_host(host)
+        ports = [ports for p, ports in self.passthrough_ports.items() if host_matches(p, host)]
+        return frozenset[int]().union(*ports) if ports else DEFAULT_PORTS
 
     def limit_scopes(self, decision: Decision) -> list[tuple[str, LimitSpec]]:
         """(counter key, limits) for every limit that applies to an allowed request."""
@@ -173,9 +183,11 @@ class _Reader(Reader):
             self.problem(("version",), f"`version: {VERSION}` is required (found {version!r})")
         teams = self.subjects(data, "teams", _TEAM)
         agents = self.subjects(data, "agents", _AGENT)
+        passthrough = self.passthrough(data.get("passthrough", []))
         return Policy(
             self.doc.source, digest,
-            passthrough=self.hosts(data.get("passthrough", [])),
+            passthrough=tuple(passthrough),
+            passthrough_ports=MappingProxyType(passthrough),
             secrets=self.secrets(data.get("secrets", {})),
             agents=agents, teams=teams,
             rules=self.rules(data.get("rules", [])),
@@ -193,18 +205,48 @@ class _Reader(Reader):
         return Globs(patterns) if patterns else None
 
     # -- sections ----------------------------------------------------------------------
-    def hosts(self, value: Any) -> tuple[str, ...]:
+    def passthrough(self, value: Any) -> dict[str, frozenset[int]]:
+        """Pattern -> allowed ports, in file order (a host listed twice: both entries' ports)."""
         if not isinstance(value, list):
             self.problem(("passthrough",), "`passthrough` is a list of host names")
-            return ()
-        hosts = []
-        for i, host in enumerate(value):
-            if not isinstance(host, str) or not _HOST.match(normalize_host(host)):
-                self.problem(("passthrough", i), f"{host!r} is not a host name or "
-                             "`*.domain` pattern (no schemes, ports or paths)")
-                continue
-            hosts.append(normalize_host(host))
-        return tuple(hosts)
+            return {}
+        hosts: dict[str, frozenset[int]] = {}
+        for i, entry in enumerate(value):
+            path: tuple[str | int, ...] = ("passthrough", i)
+            host, ports = entry, DEFAULT_PORTS
+            if isinstance(entry, dict):
+                self.keys(entry, path, _PASSTHROUGH, "a pass-through entry")
+                if "host" not in entry:
+                    self.problem(path, "a pass-through entry needs `host:` (and may have "
+                                 "`ports:`)")
+                    continue
+                host, path = entry["host"], (*path, "host")
+                if "ports" in entry:
+                    ports = self.ports(entry["ports"], ("passthrough", i, "ports")) or ports
+            if (name := self.host(host, path)) is not None:
+                hosts[name] = hosts.get(name, frozenset[int]()) | ports
+        return hosts
+
+    def host(self, host: Any, path: tuple[str | int, ...]) -> str | None:
+        if not isinstance(host, str) or not _HOST.match(normalize_host(host)):
+            self.problem(path, f"{host!r} is not a host name or "
+                         "`*.domain` pattern (no schemes, ports or paths)")
+            return None
+        if netguard.ip_literal(host) is not None:
+            self.problem(path, f"{host!r} is an IP address; egressguard refuses IP addresses "
+                         "whatever the policy says: name the host instead")
+            return None
+        return normalize_host(host)
+
+    def ports(self, value: Any, path: tuple[str | int, ...]) -> frozenset[int] | None:
+        ports = value if isinstance(value, list) else [value]
+        bad = [p for p in ports if type(p) is not int or not 0 < p < 65536]
+        if not ports or bad:
+            shown = value if not isinstance(value, list) or not ports else bad[0]
+            self.problem(path, "`ports` is a list of TCP port numbers 1-65535 (e.g. "
+                         f"[443, 8443]), found {shown!r}")
+            return None
+        return frozenset(ports)
 
     def subjects(self, data: dict[str, Any], section: str,
                  allowed: tuple[str, ...]) -> MappingProxyType[str, Subject]:

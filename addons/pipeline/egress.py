@@ -1,9 +1,15 @@
 """Egress control: which destinations agents may reach, decided at CONNECT time.
 
 A vendor host is intercepted; a pass-through host is tunnelled untouched; anything
-else (unknown hosts, IP literals, other ports, plain HTTP) is refused with 403. Inside
-an intercepted tunnel the TLS SNI and every request's Host must name the host the
-tunnel was opened for, so a tunnel to one host cannot carry requests for another.
+else (unknown hosts, IP literals in any spelling, ports the policy does not allow,
+plain HTTP) is refused with 403. Inside an intercepted tunnel the TLS SNI and every
+request's Host, `:authority` and absolute-form target must name the host the tunnel
+was opened for, so a tunnel to one host cannot carry requests for another (domain
+fronting). Where an allowed name may connect to -- its addresses checked and pinned --
+is UpstreamMap's decision (pipeline/upstream.py).
+
+Plain HTTP stays refused whatever the policy says: the agent's token (and, for a
+vendor, the real key egressguard would add) would cross the network in clear.
 """
 
 from __future__ import annotations
@@ -13,30 +19,53 @@ from collections.abc import MutableMapping
 
 from mitmproxy import connection, http, tls
 
+from egressguard.core import netguard
 from egressguard.core.errors import DestinationDenied
-from egressguard.core.policy import Policy
+from egressguard.core.policy import DEFAULT_PORTS, Policy
 from egressguard.core.vendors import catalogue, normalize_host
 from egressguard.pipeline import flowstate
 from egressguard.pipeline.flowstate import Destination
 
-ALLOWED_PORT = 443
-
 
 def decide(host: str, port: int, policy: Policy) -> Destination:
     """Where a tunnel to host:port may go; DestinationDenied if nowhere."""
+    if (err := ip_literal_refusal(host)) is not None:
+        raise err  # before any name logic: no policy entry can allow an address
     host = normalize_host(host)
-    if port != ALLOWED_PORT:
-        raise DestinationDenied(f"port {port} is not allowed; agents reach vendors on "
-                                f"port {ALLOWED_PORT} only", reason="port_denied")
     vendor = catalogue().for_host(host)
     if vendor is not None:
+        _check_port(host, port, DEFAULT_PORTS, "model vendors are reached on port 443 only")
         return Destination(host, port, vendor)
     if policy.is_passthrough(host):
+        _check_port(host, port, policy.allowed_ports(host),
+                    "to allow another, list it under the host's `ports:` in the "
+                    f"`passthrough:` section of {policy.source}")
         return Destination(host, port, None, passthrough=True)
     raise DestinationDenied(
         f"host {host!r} is not a model vendor and not on the policy's pass-through "
         f"list; if agents need it, add it under `passthrough:` in {policy.source}",
         reason="destination_denied")
+
+
+def ip_literal_refusal(host: str) -> DestinationDenied | None:
+    """The refusal for a `host` that spells an IP address, in any notation."""
+    literal = netguard.ip_literal(host)
+    if literal is None:
+        return None
+    if literal.address is None:
+        what = "is shaped like an IP address but is not a valid one"
+    else:
+        bad = netguard.forbidden(literal.address)
+        what = f"is the IP address {literal.address}" + (f", {bad.describe()}" if bad else "")
+    return DestinationDenied(f"{host!r} {what}; agents reach destinations by name only, "
+                             "whatever the policy says", reason="ip_literal_denied")
+
+
+def _check_port(host: str, port: int, allowed: frozenset[int], hint: str) -> None:
+    if port not in allowed:
+        ports = ", ".join(map(str, sorted(allowed)))
+        raise DestinationDenied(f"port {port} is not allowed for {host!r} (allowed: {ports}); "
+                                f"{hint}", reason="port_denied")
 
 
 class Egress:
@@ -87,9 +116,10 @@ class Egress:
             # request, also when the agent speaks TLS to the proxy itself.
             flow.metadata[flowstate.DESTINATION] = Destination(
                 normalize_host(request.pretty_host), request.port, None)
-            flowstate.refuse(flow, DestinationDenied(
-                "plain-HTTP proxy requests are not allowed; use https:// so the request "
-                "goes through a CONNECT tunnel", reason="plain_http_denied"))
+            flowstate.refuse(flow, ip_literal_refusal(request.host) or DestinationDenied(
+                "plain-HTTP proxy requests are not allowed (the token would cross the "
+                "network in clear); use https:// so the request goes through a CONNECT "
+                "tunnel", reason="plain_http_denied"))
             return
         flow.metadata[flowstate.DESTINATION] = dest  # also for a refusal's vendor shape
         try:
@@ -102,11 +132,18 @@ class Egress:
             raise DestinationDenied(
                 f"TLS server name does not match the CONNECT target {dest.host!r}",
                 reason="sni_mismatch")
-        host_header = flow.request.host_header
-        if host_header is not None and _host_only(host_header) != dest.host:
+        # HTTP/2's Host (`:authority`), or an absolute-form target (`GET https://other/`)
+        authority = flow.request.authority
+        if authority and _host_only(authority) != dest.host:
+            what = ":authority" if flow.request.is_http2 else "request target"
             raise DestinationDenied(
-                f"Host {_host_only(host_header)!r} does not match the CONNECT target "
+                f"{what} {_host_only(authority)!r} does not match the CONNECT target "
                 f"{dest.host!r}", reason="host_mismatch")
+        for host_header in flow.request.headers.get_all("host"):  # also beside :authority
+            if _host_only(host_header) != dest.host:
+                raise DestinationDenied(
+                    f"Host {_host_only(host_header)!r} does not match the CONNECT target "
+                    f"{dest.host!r}", reason="host_mismatch")
 
 
 def _host_only(authority: str) -> str:
