@@ -13,8 +13,10 @@ def __getattr__(name: str) -> Any:
     if name != "addons":
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     from egressguard.pipeline.audit import Audit
+    from egressguard.pipeline.connections import AgentConnections
     from egressguard.pipeline.egress import Egress
     from egressguard.pipeline.enforce import Enforce
+    from egressguard.pipeline.guard import Guard
     from egressguard.pipeline.identity import Identity
     from egressguard.pipeline.inject import Inject
     from egressguard.pipeline.policyload import PolicyLoader
@@ -22,13 +24,18 @@ def __getattr__(name: str) -> Any:
     from egressguard.pipeline.response import ResponseWatch
     from egressguard.pipeline.upstream import UpstreamMap
     from egressguard.pipeline.vendor import VendorRequest
+    from egressguard.pipeline.websocket import Realtime, UpgradeCredentials
 
     global addons
     addons = [
         PolicyLoader(),  # stamps the policy in force on each flow
         Egress(),  # CONNECT target, SNI and Host: intercept, pass through, or 403
+        Guard(),  # limits, timeouts, h2c and HTTP/2 resets: before anything costs work
+        UpgradeCredentials(),  # a WebSocket's key subprotocol, presented where Identity reads
         Identity(),  # agent token -> Principal; real keys sent by agents refused
+        AgentConnections(),  # connections open per agent, capped
         VendorRequest(),  # model and stream flag from the request
+        Realtime(),  # a session's model from its URL; then every frame of it redacted
         # before Enforce: its `response` reads the usage this one finds
         ResponseWatch(),  # SSE streamed unbuffered; usage read; key echoes scrubbed
         Enforce(),  # policy rules, clamps, limits reserved (and settled at the end)

@@ -1,4 +1,4 @@
-"""The `egressguard` command: run, ca, token, secrets, audit, demo."""
+"""The `egressguard` command: run, ca, token, secrets, audit, doctor, demo."""
 
 from __future__ import annotations
 
@@ -44,8 +44,14 @@ def fail(message: str, code: int = 2) -> int:
 
 # -- run ----------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
+    from egressguard.core import logs
     from egressguard.tools.serve import ServeConfig, serve, use_local_vault
 
+    try:
+        logs.install(args.log_format)
+    except ValueError as exc:  # a bad EGRESSGUARD_LOG_FORMAT
+        return fail(str(exc))
+    os.environ["EGRESSGUARD_LOG_FORMAT"] = args.log_format  # the shipper it starts, too
     host, port = args.listen
     config = ServeConfig(
         listen_host=host, listen_port=port, policy=args.policy, journal=args.journal,
@@ -62,6 +68,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             "egressguard_journal_max_bytes": args.journal_max_bytes,
             "egressguard_journal_retention": args.journal_retention,
             "egressguard_journal_when_full": args.journal_when_full},
+        limit_options=_limit_options(args),
         banner=not args.quiet)
     if args.local_vault:
         from egressguard.tools.localvault import LocalVaultError
@@ -73,9 +80,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     return asyncio.run(serve(config))
 
 
+def _limit_options(args: argparse.Namespace) -> dict[str, object]:
+    from egressguard.pipeline.guard import limit_options
+
+    return limit_options(
+        max_request_body=args.max_request_body, max_response_body=args.max_response_body,
+        idle_timeout=args.idle_timeout, max_header_bytes=args.max_header_bytes,
+        max_headers=args.max_headers, max_sse_line=args.max_sse_line,
+        header_timeout=args.header_timeout, body_timeout=args.body_timeout,
+        max_agent_connections=args.max_agent_connections,
+        max_stream_resets=args.max_stream_resets, auth_failures=args.auth_failures,
+        auth_window=args.auth_window)
+
+
 def cmd_ship(args: argparse.Namespace) -> int:
+    from egressguard.core import logs
     from egressguard.tools import ship
 
+    try:
+        logs.install(args.log_format)
+    except ValueError as exc:  # a bad EGRESSGUARD_LOG_FORMAT
+        return fail(str(exc))
     return ship.main(args.journal, args.sinks, args.node, args.parent_pid)
 
 
@@ -97,10 +122,14 @@ def size(text: str) -> int:
 
 # -- ca -------------------------------------------------------------------------------
 def cmd_ca_init(args: argparse.Namespace) -> int:
+    from egressguard.core.keyfiles import KeyFileExposed
     from egressguard.tools import ca
 
     existed = ca.CaFiles(args.certs).exists()
-    files = ca.init(args.certs)
+    try:
+        files = ca.init(args.certs)
+    except KeyFileExposed as exc:
+        return fail(str(exc))
     print(f"{'using existing' if existed else 'created'} CA {files.cert.resolve()}",
           file=sys.stderr)
     print(files.cert.resolve())
@@ -360,10 +389,27 @@ def cmd_scan(args: argparse.Namespace) -> int:
     return scancli.scan(args.file, args.redact, args.policy)
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from egressguard.tools import doctor
+
+    return doctor.main(doctor.Options(
+        policy=args.policy, state=args.state, certs=args.certs, journal=args.journal,
+        sinks=args.sinks, signing_key=args.signing_key or "",
+        max_clock_skew=args.max_clock_skew, vault_timeout=args.vault_timeout))
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from egressguard.tools import demo
 
     return demo.main()
+
+
+LOG_FORMAT: dict[str, object] = {
+    "choices": ("auto", "json", "text"),
+    "default": os.environ.get("EGRESSGUARD_LOG_FORMAT", "auto"),
+    "help": "log lines on stderr as JSON objects or text; auto (default): text on a "
+            "terminal, JSON otherwise. Secrets and PII are scrubbed either way (env "
+            "EGRESSGUARD_LOG_FORMAT)"}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -425,7 +471,34 @@ def parser() -> argparse.ArgumentParser:
                                default="drop-delivered", help="at the disk cap: remove the "
                                "oldest files every sink has, or nothing; requests that "
                                "cannot be recorded are refused either way")
+    limits = r.add_argument_group("limits and timeouts (see README: Limits)")
+    limits.add_argument("--max-request-body", type=size, default=16 << 20, metavar="SIZE",
+                        help="largest request body (default 16MiB; 413 past it)")
+    limits.add_argument("--max-response-body", type=size, default=64 << 20, metavar="SIZE",
+                        help="largest answer, decoded (default 64MiB; 502 past it)")
+    limits.add_argument("--max-header-bytes", type=size, default=64 << 10, metavar="SIZE",
+                        help="largest request head (default 64KiB; 431 past it)")
+    limits.add_argument("--max-headers", type=int, default=100, metavar="N",
+                        help="most header fields in a request (default 100; 431 past it)")
+    limits.add_argument("--max-sse-line", type=size, default=4 << 20, metavar="SIZE",
+                        help="longest line of a streamed answer (default 4MiB)")
+    limits.add_argument("--header-timeout", type=float, default=30.0, metavar="SECONDS",
+                        help="time to send a whole request head (default 30)")
+    limits.add_argument("--body-timeout", type=float, default=300.0, metavar="SECONDS",
+                        help="time to send a whole request body (default 300)")
+    limits.add_argument("--idle-timeout", type=int, default=600, metavar="SECONDS",
+                        help="close a connection silent this long either way (default 600)")
+    limits.add_argument("--max-agent-connections", type=int, default=256, metavar="N",
+                        help="connections one agent may hold open (default 256; 0: no limit)")
+    limits.add_argument("--max-stream-resets", type=int, default=200, metavar="N",
+                        help="HTTP/2 streams one connection may reset (default 200)")
+    limits.add_argument("--auth-failures", type=int, default=10, metavar="N",
+                        help="failed token checks per client address before it must wait "
+                        "(default 10; 0: no limit)")
+    limits.add_argument("--auth-window", type=float, default=60.0, metavar="SECONDS",
+                        help="... counted in windows of this long (default 60)")
     r.add_argument("--quiet", action="store_true", help="no start-up banner")
+    r.add_argument("--log-format", **LOG_FORMAT)
     r.set_defaults(func=cmd_run)
 
     sh = sub.add_parser("ship", help="forward the audit journal to SIEM sinks (at least "
@@ -434,6 +507,7 @@ def parser() -> argparse.ArgumentParser:
     sh.add_argument("--sinks", type=Path, required=True, metavar="FILE")
     sh.add_argument("--node", metavar="NAME", help="host name in syslog and HEC events")
     sh.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
+    sh.add_argument("--log-format", **LOG_FORMAT)
     sh.set_defaults(func=cmd_ship)
 
     c = sub.add_parser("ca", help="the interception CA").add_subparsers(dest="ca", required=True)
@@ -574,6 +648,18 @@ def parser() -> argparse.ArgumentParser:
     sc.add_argument("--policy", type=Path, metavar="FILE",
                     help="only the entity types this policy's redaction plans name")
     sc.set_defaults(func=cmd_scan)
+
+    dr = sub.add_parser("doctor", parents=[state, certs, pol],
+                        help="check a deployment (CA, key files, Vault and its token, vendor "
+                        "keys, policy, sinks, journal, clock) and say what to fix")
+    dr.add_argument("--journal", type=Path, default=Path("var/journal"), metavar="DIR")
+    dr.add_argument("--sinks", type=Path, metavar="FILE", help="check these SIEM sinks")
+    dr.add_argument("--signing-key", metavar="FILE|vault:MOUNT/PATH#FIELD",
+                    help="the checkpoint signing key (default STATE/audit-signing.key)")
+    dr.add_argument("--max-clock-skew", type=float, default=10.0, metavar="SECONDS",
+                    help="warn when this host's clock and Vault's differ by more (10)")
+    dr.add_argument("--vault-timeout", type=float, default=3.0, metavar="SECONDS")
+    dr.set_defaults(func=cmd_doctor)
 
     sub.add_parser("demo", help="the whole path on this machine, no vendor account "
                    "needed").set_defaults(func=cmd_demo)

@@ -28,6 +28,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from mitmproxy.certs import CertStore
+from secret_registry import register
 
 from egressguard.backends.journal import Journal, journal_files
 from egressguard.cli import main, parser
@@ -79,8 +80,9 @@ def cli(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, st
 
 
 def fake_key() -> str:
-    """A key-shaped value made at run time (nothing key-like is committed)."""
-    return "sk-test-" + secrets.token_hex(16)
+    """A key-shaped value made at run time (nothing key-like is committed); the secret
+    sweep looks for it at the end of the session."""
+    return register("sk-test-" + secrets.token_hex(16), "vendor key")
 
 
 def mode(path: Path) -> int:

@@ -282,3 +282,69 @@ def test_dead_token_stops_an_open_tunnel(pipeline, monkeypatch, when):
     pipeline.run(second)
     assert second.response.status_code in (401, 407)
     assert second.metadata[flowstate.REFUSAL].reason == f"token_{when}"
+
+
+# -- guessing tokens --------------------------------------------------------------------
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def throttled(pipeline):
+    """Identity allowing 3 failed token checks per client address in 60 s."""
+    pipeline.tctx.options.update(egressguard_auth_failures=3, egressguard_auth_window=60)
+    pipeline.identity.failures.clock = clock = Clock()
+    checked = []
+    verify = pipeline.identity.authority.verify
+    pipeline.identity.authority.verify = lambda token, now=None: (checked.append(token),
+                                                                  verify(token, now))[1]
+    return pipeline, clock, checked
+
+
+def bad_token(pipeline) -> str:
+    token = pipeline.token()
+    return token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+
+
+@pytest.mark.parametrize("where", ["api-key", "proxy-authorization"])
+def test_token_guessing_is_throttled_per_client_address(throttled, where):
+    pipeline, clock, checked = throttled
+
+    def attempt(token):
+        if where == "api-key":
+            return pipeline.send(OPENAI, PATHS[OPENAI], headers=[("x-api-key", token)])
+        return pipeline.tunnel(OPENAI, proxy_auth=pipeline.basic("agent-a", token))
+
+    refused = [attempt(bad_token(pipeline)).response.status_code for _ in range(3)]
+    assert refused == ([401] * 3 if where == "api-key" else [407] * 3)
+    clock.now += 20
+    checked.clear()
+    flow = attempt(pipeline.token())  # even a good token now waits, unchecked
+    assert flow.response.status_code == 429
+    assert flow.response.headers["retry-after"] == "40"
+    error = orjson.loads(flow.response.content)["error"]
+    assert error["code"] == "auth_throttled"
+    assert "too many failed token checks" in error["message"]
+    assert checked == []  # no HMAC was computed for it
+    assert flow.metadata[flowstate.REFUSAL].reason == "auth_throttled"
+    clock.now += 40  # the window is over
+    after = attempt(pipeline.token())
+    assert (after.response.status_code if after.response else 200) == 200
+
+
+def test_missing_identity_and_good_tokens_are_not_failures(throttled):
+    pipeline, _, _ = throttled
+    for _ in range(10):
+        missing = pipeline.send(OPENAI, PATHS[OPENAI])
+        assert missing.response.status_code == 401
+        assert pipeline.send(OPENAI, PATHS[OPENAI], headers=[
+            ("x-api-key", pipeline.token())]).response.status_code == 200
+    assert len(pipeline.identity.failures) == 0
+    address = missing.client_conn.peername[0]
+    pipeline.identity.failures.fail(address)  # the same address does count failures
+    assert len(pipeline.identity.failures) == 1

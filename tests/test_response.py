@@ -221,3 +221,77 @@ def test_a_chunk_that_is_all_held_back_sends_nothing(pipeline):
     assert tap(b'data: "') == b'data: "'
     assert tap(key[:5]) == []  # could be the start of the key: held, and b"" is not sent
     assert tap(b'"\n\n') == key[:5] + b'"\n\n'
+
+
+# -- answers are read with a bound ---------------------------------------------------------
+
+def test_a_buffered_answer_that_decodes_past_the_limit_is_refused(pipeline):
+    pipeline.tctx.options.update(egressguard_max_response_body=1 << 20)
+    bomb = gzip.compress(b" " * (8 << 20))
+    flow = pipeline.request(pipeline.tunnel(OPENAI), headers=auth(pipeline, OPENAI))
+    pipeline.run(flow, upstream=pipeline.Upstream(
+        headers={"content-type": "application/json", "content-encoding": "gzip"},
+        chunks=(bomb,)))
+    assert flow.response.status_code == 502
+    error = orjson.loads(flow.response.content)["error"]
+    assert error["code"] == "answer_too_large"
+    assert "decodes to more than 1048576 bytes" in error["message"]
+    [record] = pipeline.records()
+    assert (record["decision"], record["reason"]) == ("deny", "answer_too_large")
+
+
+def gzip_pieces(data: bytes, size: int) -> tuple[bytes, ...]:
+    encoded = gzip.compress(data)
+    return tuple(encoded[i:i + size] for i in range(0, len(encoded), size))
+
+
+def test_a_compressed_stream_is_decoded_scrubbed_and_passed_on_decoded(pipeline):
+    key = pipeline.REAL_KEYS["openai"].encode()
+    events = (b'data: {"choices":[{"delta":{"content":"your key: ' + key + b'"}}]}\n\n'
+              b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4}}\n\n'
+              b"data: [DONE]\n\n")
+    flow = pipeline.request(pipeline.tunnel(OPENAI), headers=auth(pipeline, OPENAI))
+    sent = pipeline.run(flow, upstream=pipeline.Upstream(
+        headers={"content-type": "text/event-stream", "content-encoding": "gzip"},
+        chunks=gzip_pieces(events, 25)))
+    assert sent == events.replace(key, REDACTED)  # decoded: the header is gone too
+    assert "content-encoding" not in flow.response.headers
+    assert flow.metadata[flowstate.USAGE].as_record() == {"input_tokens": 3,
+                                                           "output_tokens": 4}
+
+
+STREAM_FAILURES = [
+    # id, host, headers, chunks, reason
+    ("line-too-long", OPENAI, {}, (b'data: {"a": "' + b"x" * 3000, b"x" * 3000, b'"}\n\n'),
+     "sse_line_too_long"),
+    ("line-too-long-anthropic", ANTHROPIC, {}, (b"data: " + b"x" * 5000,), "sse_line_too_long"),
+    ("bomb-in-a-piece", OPENAI, {"content-encoding": "gzip"},
+     (gzip.compress(b"data: " + b" " * (2 << 20)),), "answer_too_large"),
+    ("unknown-encoding", OPENAI, {"content-encoding": "compress"}, (b"\x1f\x9d...",),
+     "answer_undecodable"),
+    ("corrupt-gzip", OPENAI, {"content-encoding": "gzip"}, (b"not gzip at all",),
+     "answer_undecodable"),
+]
+
+
+@pytest.mark.parametrize(("host", "headers", "chunks", "reason"),
+                         [pytest.param(*f[1:], id=f[0]) for f in STREAM_FAILURES])
+def test_a_stream_egressguard_cannot_read_ends_with_an_error_event(pipeline, host, headers,
+                                                                   chunks, reason):
+    pipeline.tctx.options.update(egressguard_max_sse_line=4096,
+                                 egressguard_max_response_body=1 << 20)
+    first = b'data: {"choices":[{"delta":{"content":"Hi"}}]}\n\n'
+    flow = pipeline.request(pipeline.tunnel(host), PATHS[host], headers=auth(pipeline, host))
+    sent = pipeline.run(flow, upstream=pipeline.Upstream(
+        headers={"content-type": "text/event-stream", **headers},
+        chunks=(first, *chunks, b"data: after\n\n") if not headers else chunks))
+    head, _, error_event = sent.rpartition(b"event: error\ndata: ")
+    # what came before went on as it came; the error is an event of its own, and nothing
+    # of the vendor's follows it
+    assert head in (first, b"") or head.startswith(first) and head.endswith(b"x\n\n")
+    body = orjson.loads(error_event)
+    if host == ANTHROPIC:
+        assert body["type"] == "error" and "longer than 4096" in body["error"]["message"]
+    else:
+        assert body["error"]["code"] == reason
+    assert flow.metadata[flowstate.REFUSAL].reason == reason

@@ -4,6 +4,10 @@ At CONNECT, a `Proxy-Authorization: Basic NAME:TOKEN` identifies the whole tunne
 (required for pass-through hosts, which carry no inspectable requests). Inside a
 tunnel, the token may instead be the API key the agent's SDK sends. What the agent
 sends must not be a real vendor key; such a request is refused and audited.
+
+Guessing tokens is throttled per client address (`throttle.FailureTable`): past
+`egressguard_auth_failures` failed checks in `egressguard_auth_window` seconds, every
+token from that address is refused with 429 and Retry-After, unchecked.
 """
 
 from __future__ import annotations
@@ -22,8 +26,10 @@ from egressguard.core.errors import (
     CredentialRefused,
     EgressError,
     IdentityRequired,
+    LimitExceeded,
     ProxyIdentityRequired,
 )
+from egressguard.core.throttle import FailureTable
 from egressguard.core.tokens import Principal, TokenAuthority
 from egressguard.core.vendors import Vendor, catalogue
 from egressguard.pipeline import flowstate
@@ -43,12 +49,19 @@ class Identity:
         # again on every request so expiry and revocation end an open tunnel too.
         self.tunnels: MutableMapping[connection.Client, tuple[str, Principal]] = (
             weakref.WeakKeyDictionary())
+        self.failures = FailureTable(0, 0.0)
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
         loader.add_option("egressguard_token_key", str, "",
                           "File holding the HMAC key agent tokens are signed with.")
         loader.add_option("egressguard_revoked", str, "",
                           "File of revoked token ids, one per line.")
+        loader.add_option("egressguard_auth_failures", int, 10,
+                          "Failed token checks from one client address (IPv6: per /64) "
+                          "after which its tokens are refused (429) until the window "
+                          "ends; 0: no limit.")
+        loader.add_option("egressguard_auth_window", float, 60.0,
+                          "Seconds of the window egressguard_auth_failures counts in.")
 
     def configure(self, updated: set[str]) -> None:
         key_file, revoked_file = ctx.options.egressguard_token_key, ctx.options.egressguard_revoked
@@ -59,6 +72,14 @@ class Identity:
                 self.authority = TokenAuthority(key, revoked)
             except (OSError, ValueError) as exc:
                 raise exceptions.OptionsError(f"cannot load the token key: {exc}") from None
+        if {"egressguard_auth_failures", "egressguard_auth_window"} & updated:
+            limit, window = ctx.options.egressguard_auth_failures, \
+                ctx.options.egressguard_auth_window
+            if limit < 0 or (limit and window <= 0):
+                raise exceptions.OptionsError(
+                    f"egressguard_auth_failures ({limit}) must be 0 or more and "
+                    f"egressguard_auth_window ({window}) more than 0 seconds")
+            self.failures = FailureTable(limit, window)
 
     def running(self) -> None:
         if self.authority is None:
@@ -72,6 +93,9 @@ class Identity:
             authenticated = self._from_proxy_auth(flow)
         except IdentityRequired as err:
             flowstate.refuse(flow, ProxyIdentityRequired(err.message, reason=err.reason))
+            return
+        except LimitExceeded as err:
+            flowstate.refuse(flow, err)
             return
         dest = flow.metadata[flowstate.DESTINATION]
         if authenticated is None and dest.passthrough:
@@ -98,12 +122,12 @@ class Identity:
     def _identify(self, flow: http.HTTPFlow, vendor: Vendor) -> Principal:
         assert self.authority is not None
         tunnel = self.tunnels.get(flow.client_conn)
-        principal = self.authority.verify(tunnel[0]) if tunnel else None
+        principal = self._verify(flow, tunnel[0]) if tunnel else None
         sent = credentials.presented(flow.request.headers.items(multi=True),
                                      flow.request.query.items(multi=True), vendor)
         for value in sent:
             if tokens.looks_like_token(value):
-                found = self.authority.verify(value)
+                found = self._verify(flow, value)
                 if principal is not None and found.agent != principal.agent:
                     raise IdentityRequired(
                         f"the API key names agent {found.agent!r} but the proxy credentials "
@@ -133,9 +157,25 @@ class Identity:
             raise IdentityRequired("Proxy-Authorization must be Basic AGENT:TOKEN",
                                    reason="proxy_auth_malformed")
         token = password if tokens.looks_like_token(password) else user
-        principal = self.authority.verify(token)
+        principal = self._verify(flow, token)
         if user and user != token and user != principal.agent:
             raise IdentityRequired(
                 f"proxy user {user!r} does not match the token's agent {principal.agent!r}",
                 reason="identity_conflict")
         return token, principal
+
+    def _verify(self, flow: http.HTTPFlow, token: str) -> Principal:
+        """`authority.verify`, unless the client has failed too often: then a 429
+        without looking at the token. Each failed check counts against the client."""
+        assert self.authority is not None
+        address = flow.client_conn.peername[0] if flow.client_conn.peername else ""
+        if wait := self.failures.blocked(address):
+            raise LimitExceeded(
+                f"too many failed token checks from {address}; tokens from it are refused "
+                f"for {wait}s more. Check that the agent uses a current egressguard token.",
+                reason="auth_throttled", retry_after=wait)
+        try:
+            return self.authority.verify(token)
+        except IdentityRequired:
+            self.failures.fail(address)
+            raise

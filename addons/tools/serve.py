@@ -13,6 +13,8 @@ from pathlib import Path
 from mitmproxy import exceptions, options
 from mitmproxy.tools.dump import DumpMaster
 
+from egressguard.core.keyfiles import KeyFileExposed
+from egressguard.pipeline import guard
 from egressguard.tools import ca
 from egressguard.tools.ship import Supervisor
 
@@ -37,6 +39,8 @@ class ServeConfig:
     node: str | None = None
     signing_key: str = ""  # checkpoint signing key: a file or vault:...; "" none
     journal_options: dict[str, object] = field(default_factory=dict)
+    # limits and timeouts (guard.limit_options), over guard.limit_options()'s defaults
+    limit_options: dict[str, object] = field(default_factory=dict)
     banner: bool = True
 
 
@@ -89,6 +93,11 @@ def mitmproxy_options(config: ServeConfig, ca_files: ca.CaFiles) -> dict[str, ob
         "egressguard_node": config.node or "",
         "egressguard_signing_key": config.signing_key,
         **config.journal_options,
+        **guard.limit_options(), **config.limit_options,
+        # mitmproxy's own defences Guard relies on: header validation refuses request
+        # smuggling; without rawtcp, bytes in a tunnel that are not HTTP never reach a
+        # vendor unidentified and unaudited (they get a 400)
+        "validate_inbound_headers": True, "rawtcp": False,
     }
     if config.upstream_ca is not None:
         bundle = ca.trust_bundle(config.state / "upstream-trust.pem", [config.upstream_ca])
@@ -99,8 +108,16 @@ def mitmproxy_options(config: ServeConfig, ca_files: ca.CaFiles) -> dict[str, ob
 async def serve(config: ServeConfig) -> int:
     import egressguard
 
-    ca_files = ca.init(config.certs)
-    master = DumpMaster(options.Options(), with_termlog=True, with_dumper=False)
+    try:
+        ca_files = ca.init(config.certs)
+    except KeyFileExposed as exc:
+        print(f"egressguard: {exc}", file=sys.stderr)
+        return 2
+    # No termlog: egressguard.core.logs (installed by `egressguard run`) writes every
+    # line, mitmproxy's too, scrubbed of secrets. confdir from the start: with the
+    # default, mitmproxy would make a second CA key in ~/.mitmproxy as it loads.
+    master = DumpMaster(options.Options(confdir=str(config.certs)), with_termlog=False,
+                        with_dumper=False)
     try:
         # Our options exist once the addons are loaded (their defaults are inert),
         # and setting them then runs each addon's configure with the real values.
