@@ -66,6 +66,7 @@ class RequestFacts:
     usage: dict[str, int | None] | None = None
     spend_usd: float | None = None  # usage at the policy's price table
     credential: dict[str, Any] | None = None
+    websocket: dict[str, Any] | None = None  # a WebSocket session's close (core/realtime.py)
     checkpoint: dict[str, Any] | None = None
 
 
@@ -114,5 +115,6 @@ def build(facts: RequestFacts) -> dict[str, Any]:
         "usage": facts.usage,
         "spend_usd": facts.spend_usd,
         "credential": facts.credential,
+        "websocket": facts.websocket,
         "checkpoint": facts.checkpoint,
     }

@@ -42,6 +42,7 @@ REDACTIONS = "egressguard.redactions"  # {entity: {action: count}}, for the audi
 REIDENTIFY = "egressguard.reidentify"  # (Reidentifier, json_output): pseudonyms to restore
 ANSWER_MASK = "egressguard.answer_mask"  # answers.SecretMask: secrets masked in the answer
 AUDITED = "egressguard.audited"
+WEBSOCKET = "egressguard.websocket"  # realtime.Session of a WebSocket session, for its close record
 
 REQUEST_ID_HEADER = "x-egressguard-request-id"
 
@@ -59,6 +60,10 @@ class Destination:
     port: int
     vendor: Vendor | None  # set when the host is a model vendor (intercepted)
     passthrough: bool = False
+    # Where this tunnel's connections go: the operator's upstream-map target, or the
+    # address `host` resolved to when it was checked at CONNECT (pinned, so a second
+    # DNS answer cannot move it). None until UpstreamMap has routed the CONNECT.
+    route: tuple[str, int] | None = None
 
 
 def begin(flow: http.HTTPFlow) -> str:

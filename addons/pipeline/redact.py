@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import OrderedDict
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,7 +111,15 @@ class Redact:
             if actions.PSEUDONYMIZE in plan.values() else None
         pseudonyms = self.pseudonyms.conversation(actions.conversation_key(agent, opening)) \
             if opening else actions.Pseudonyms()
-        outcomes = [o for slot in fields.text_slots(api, endpoint, body)
+        return await self.scan_slots(fields.text_slots(api, endpoint, body), plan, pseudonyms,
+                                     detector, policy)
+
+    async def scan_slots(self, slots: Iterable[fields.Slot], plan: Mapping[str, str],
+                         pseudonyms: actions.Pseudonyms, detector: Detector | None = None,
+                         policy: str = "") -> BodyScan:
+        """`scan` over texts the caller found, with pseudonyms it keeps: a Realtime
+        session's client events (`pipeline.websocket`), one conversation per session."""
+        outcomes = [o for slot in slots
                     if (o := await self._redact(slot, plan, pseudonyms, detector, policy))
                     is not None]
         tokens = frozenset().union(*(o.tokens for o in outcomes))
