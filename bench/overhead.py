@@ -105,6 +105,15 @@ AGENT = "bench-agent"
 LIMITS = {"none": (), "inproc": ("inproc",), "redis": ("redis",), "all": ("inproc", "redis")}
 EG = "egressguard"
 LIMIT_VARIANTS = {"inproc": "eg+limits", "redis": "eg+limits/redis"}
+# every agent, every vendor; /bench is a path no vendor has (an `unknown` endpoint),
+# which a rule must name, and /v1/chat/completions for the runs with limits
+BASE_POLICY = """\
+# bench/overhead.py: every agent, every vendor, the fake's /bench too
+version: 1
+rules:
+  - name: bench
+    endpoints: [chat, unknown]
+"""
 # bench-agent under limits no run can reach: every request is counted, none refused
 LIMITS_POLICY = """\
 # bench/overhead.py: bench-agent under limits far above what a run can use
@@ -483,7 +492,10 @@ def proxies(workdir: Path, limits: tuple[str, ...] = (), target: Target = Target
             ) -> Iterator[tuple[Proxy, list[Proxy], Stack]]:
     """Bare mitmdump, then egressguard without limits and with each of `limits`, then
     with redaction, then with two sinks, if asked."""
-    stack = Stack(workdir / "stack")
+    base_policy = workdir / "policy.yaml"
+    base_policy.parent.mkdir(parents=True, exist_ok=True)
+    base_policy.write_text(BASE_POLICY)
+    stack = Stack(workdir / "stack", policy=base_policy)
     bare: subprocess.Popen[bytes] | None = None
     with ExitStack() as cleanup:
         try:

@@ -58,21 +58,34 @@ LIVE = "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateCo
     ("openai", "POST", "/v1/uploads/upload_1/parts", "files", "openai", N),
     ("openai", "POST", "/v1/vector_stores/vs_1/files", "files", "openai", N),
     ("openai", "GET", "/v1/realtime", "realtime", "openai", U),  # the WebSocket upgrade
-    ("openai", "POST", "/v1/realtime/client_secrets", "realtime", "openai", U),
-    ("openai", "POST", "/v1/realtime/calls", "realtime", "openai", U),
+    # what lets a client reach the vendor without egressguard: never implied
+    ("openai", "POST", "/v1/realtime/client_secrets", "direct_sessions", "openai", N),
+    ("openai", "POST", "/v1/realtime/calls", "direct_sessions", "openai", N),
+    ("openai", "POST", "/v1/realtime/sessions", "direct_sessions", "openai", N),
     ("openai", "GET", "/v1/models", "models", "openai", N),
     ("openai", "GET", "/v1/models/gpt-4o", "models", "openai", N),
     ("openai", "POST", "/v1/batches", "batches", "openai", U),  # requests in a file
     ("openai", "POST", "/v1/batches/batch_1/cancel", "batches", "openai", N),
-    ("openai", "POST", "/v1/threads/runs", "other", "openai", U),
-    ("openai", "POST", "/v1/threads/thread_1/runs/run_1/submit_tool_outputs", "other",
+    ("openai", "POST", "/v1/threads/runs", "assistants", "openai", U),
+    ("openai", "POST", "/v1/threads/thread_1/runs/run_1/submit_tool_outputs", "assistants",
      "openai", U),
-    ("openai", "POST", "/v1/assistants", "other", "openai", N),
+    ("openai", "POST", "/v1/assistants", "assistants", "openai", N),
     ("openai", "POST", "/v1/moderations", "other", "openai", N),
-    ("openai", "POST", "/v1/fine_tuning/jobs", "other", "openai", N),
-    ("openai", "POST", "/v1/something-new", "other", "openai", U),  # may generate
-    ("openai", "GET", "/v1/something-new", "other", "openai", N),
-    ("openai", "GET", "/", "other", "openai", N),
+    ("openai", "POST", "/v1/fine_tuning/jobs", "fine_tuning", "openai", N),
+    ("openai", "POST", "/v1/vector_stores", "files", "openai", N),
+    ("openai", "POST", "/v1/something-new", "unknown", "openai", U),  # may generate
+    ("openai", "GET", "/v1/something-new", "unknown", "openai", N),
+    ("openai", "GET", "/", "unknown", "openai", N),
+    # known paths are known for their methods and sub-paths only: the rest is unknown
+    ("openai", "POST", "/v1/responses/compact", "unknown", "openai", U),
+    ("openai", "POST", "/v1/responses/resp_1/input_items", "unknown", "openai", U),
+    ("openai", "DELETE", "/v1/responses/resp_1", "responses", "openai", N),
+    ("openai", "POST", "/v1/responses/resp_1/anything/else", "unknown", "openai", U),
+    ("openai", "POST", "/v1/models/gpt-4o", "unknown", "openai", U),
+    ("openai", "POST", "/v1/images/new-kind", "unknown", "openai", U),
+    ("openai", "GET", "/v1/chat/completions/chatcmpl-1/messages/x", "unknown", "openai", N),
+    ("anthropic", "POST", "/v1/messages/batches/msgbatch_1/other", "unknown", "anthropic",
+     U),
     # the query string, a trailing slash, case and encoding tricks change nothing
     ("openai", "POST", "/v1/chat/completions/?x=1", "chat", "openai", B),
     ("openai", "POST", "/v1/chat/completions?a=/v1/embeddings", "chat", "openai", B),
@@ -105,7 +118,8 @@ LIVE = "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateCo
     ("mistral", "POST", "/v1/agents/completions", "chat", "openai", B),
     ("mistral", "POST", "/v1/conversations", "chat", "openai", U),  # generates, cap nested
     ("mistral", "POST", "/v1/conversations/conv_1/restart", "chat", "openai", U),
-    ("mistral", "POST", "/v1/agents", "other", "openai", U),
+    ("mistral", "POST", "/v1/agents", "unknown", "openai", U),
+    ("mistral", "POST", "/v1/batch/jobs", "unknown", "openai", U),
     ("mistral", "POST", "/v1/chat/moderations", "other", "openai", N),
     ("mistral", "POST", "/v1/embeddings", "embeddings", "openai", N),
     # Azure OpenAI: deployments, the v1 API, the preview paths
@@ -123,7 +137,8 @@ LIVE = "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateCo
     ("azure_openai", "GET", "/openai/realtime?deployment=rt", "realtime", "azure_openai", U),
     ("azure_openai", "POST", "/openai/files", "files", "azure_openai", N),
     ("azure_openai", "GET", "/openai/models", "models", "azure_openai", N),
-    ("azure_openai", "GET", "/openai/deployments", "other", "azure_openai", N),
+    ("azure_openai", "GET", "/openai/deployments", "unknown", "azure_openai", N),
+    ("azure_openai", "POST", "/openai/batches", "batches", "azure_openai", U),
     # Anthropic
     ("anthropic", "POST", "/v1/messages", "messages", "anthropic", B),
     ("anthropic", "POST", "/v1/messages/count_tokens", "messages", "anthropic", N),
@@ -134,7 +149,8 @@ LIVE = "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateCo
     ("anthropic", "POST", "/v1/files", "files", "anthropic", N),
     ("anthropic", "GET", "/v1/models/claude-sonnet-4-5", "models", "anthropic", N),
     ("anthropic", "POST", "/v1/chat/completions", "chat", "openai", B),  # OpenAI SDK compat
-    ("anthropic", "GET", "/v1/organizations/usage_report/messages", "other", "anthropic", N),
+    ("anthropic", "GET", "/v1/organizations/usage_report/messages", "unknown", "anthropic",
+     N),
     # Google Gemini
     ("google", "POST", GEMINI + ":generateContent", "chat", "google", B),
     ("google", "POST", GEMINI + ":streamGenerateContent?alt=sse", "chat", "google", B),
@@ -150,7 +166,7 @@ LIVE = "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateCo
      "google", N),
     ("google", "POST", "/v1beta/batches/b1:cancel", "batches", "google", N),
     ("google", "POST", "/v1beta/models/imagen-4.0-generate-001:predict", "images", "google", N),
-    ("google", "POST", "/v1beta/models/veo-3.0-generate-001:predictLongRunning", "other",
+    ("google", "POST", "/v1beta/models/veo-3.0-generate-001:predictLongRunning", "unknown",
      "google", U),
     ("google", "POST", "/upload/v1beta/files", "files", "google", N),
     ("google", "GET", "/v1beta/files/abc", "files", "google", N),
@@ -158,11 +174,13 @@ LIVE = "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateCo
      "google", N),
     ("google", "GET", "/v1beta/models", "models", "google", N),
     ("google", "GET", GEMINI, "models", "google", N),
-    ("google", "POST", GEMINI + ":somethingNew", "other", "google", U),  # never `models`
+    ("google", "POST", GEMINI + ":somethingNew", "unknown", "google", U),  # never `models`
     ("google", "GET", LIVE + "?key=K", "realtime", "google", U),
     ("google", "GET", LIVE.replace("v1beta", "v1alpha") + "Constrained", "realtime", "google",
      U),
-    ("google", "POST", "/v1alpha/auth_tokens", "realtime", "google", N),
+    ("google", "POST", "/v1alpha/auth_tokens", "direct_sessions", "google", N),
+    ("google", "POST", "/v1beta/tunedModels", "fine_tuning", "google", N),
+    ("google", "POST", "/v1beta/tunedModels/my-tune:generateContent", "chat", "google", B),
     ("google", "POST", "/v1beta/interactions", "responses", "google_interactions", B),
     ("google", "GET", "/v1beta/interactions/int_1", "responses", "google_interactions", N),
     ("google", "POST", "/v1beta/cachedContents", "other", "google", N),

@@ -44,12 +44,15 @@ DESCRIBE = [
      ("gpt4o-prod", False)),
     ("azure-v1-model-in-body", "azure_openai", "/openai/v1/chat/completions", JSON,
      {"model": "gpt-4o"}, ("gpt-4o", False)),
-    ("multipart", "openai", "/v1/audio/transcriptions", "multipart/form-data; boundary=x",
+    ("multipart-model-field", "openai", "/v1/audio/transcriptions",
+     "multipart/form-data; boundary=x",
      b"--x\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper-1\r\n--x--",
-     (None, None)),
-    ("text-plain-not-parsed", "openai", "/v1/chat/completions", "text/plain",
-     b'{"model": "gpt-4o"}', (None, None)),
-    ("no-content-type", "openai", "/v1/chat/completions", "", b"{not json", (None, None)),
+     ("whisper-1", None)),
+    # a JSON body is read as the vendor may read it, whatever its content type says
+    ("text-plain-json-read", "openai", "/v1/chat/completions", "text/plain",
+     b'{"model": "gpt-4o"}', ("gpt-4o", None)),
+    ("binary-not-json", "openai", "/v1/audio/speech", "application/octet-stream",
+     b"\x00\x01", (None, None)),
 ]
 
 
@@ -127,13 +130,15 @@ def test_content_encoding(pipeline, encoding, body, status, model):
         assert flow.metadata[flowstate.REQUEST].model == model
 
 
-def test_non_json_content_type_passes_without_model(pipeline):
+def test_multipart_upload_is_read_for_its_model(pipeline):
     flow = pipeline.send("api.openai.com", "/v1/audio/transcriptions",
-                         body=b"--x\r\n\r\n{not json\r\n--x--",
+                         body=b'--x\r\nContent-Disposition: form-data; name="file"; '
+                              b'filename="a.wav"\r\n\r\nRIFF\r\n--x--\r\n',
                          headers=[("content-type", "multipart/form-data; boundary=x"),
                                   ("Authorization", "Bearer " + pipeline.token())])
     assert flow.response.status_code == 200
-    assert flow.metadata[flowstate.REQUEST].model is None
+    info = flow.metadata[flowstate.REQUEST]
+    assert (info.model, info.endpoint, list(info.form)) == (None, "audio", ["file"])
 
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "stream": True}

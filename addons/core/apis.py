@@ -1,5 +1,6 @@
-"""What a vendor API request is: its endpoint kind (from the path), the output cap its
-body asks for (and how to lower it), and the tools it offers the model.
+"""What a vendor API request is: its endpoint kind (from the path, which must be one
+servers route alike), the model the vendor runs (the path's, where it names one), the
+output cap its body asks for (and how to lower it), and the tools it offers the model.
 
 Path rules and body fields are tables, compiled once at import; the functions run on
 every request and never raise on a malformed body: they report what they can read,
@@ -27,11 +28,25 @@ ENDPOINTS = (
     "images",      # image generation, edits, variations; Imagen :predict
     "audio",       # speech, transcription, translation
     "files",       # uploads and stored files, vector-store files, Gemini file search stores
-    "realtime",    # live sessions (WebSocket, WebRTC) and the ephemeral keys that open them
+    "realtime",    # live sessions through egressguard (the WebSocket)
     "models",      # listing and describing models
     "batches",     # asynchronous batch jobs
-    "other",       # everything else: moderation, rerank, fine-tuning, caches, assistants…
+    "fine_tuning",  # training jobs and tuned models (Gemini tunedModels)
+    "assistants",  # OpenAI Assistants: assistants, threads, runs (a run's model and cap
+                   # live in the stored assistant)
+    "direct_sessions",  # what lets a client reach the vendor without egressguard: OpenAI
+                        # realtime client secrets, sessions and WebRTC calls, Gemini Live
+                        # ephemeral tokens
+    "other",       # known, generates no text: moderation, rerank, tokenize, caches…
+    "unknown",     # a path no rule below knows: governed by nothing, so never implied
 )
+
+# Kinds a rule allows only when its `endpoints:` names them: what they let through
+# (requests inside a file or batch, a session without egressguard, a stored assistant's
+# model, a path egressguard cannot read) is not governed by the model, cap and text
+# checks a rule applies to a direct request.
+EXPLICIT_ENDPOINTS = frozenset(
+    {"batches", "files", "fine_tuning", "assistants", "direct_sessions", "unknown"})
 
 # Where the output-token cap of a request lives:
 CAP_BODY = "body"      # in this body: `max_tokens` reads it, `set_max_tokens` writes it
@@ -69,6 +84,7 @@ class _Rule:
     api: str = ""  # body shape: "" the vendor's own; `openai` is azure_openai's own too
     cap: str = CAP_NONE  # of a POST; other methods ask for nothing to cap…
     any_method: bool = False  # …except a realtime WebSocket upgrade, which is a GET
+    post: bool = True  # False: the path is known for reads only, a POST to it is unknown
 
 
 # Paths OpenAI made the de-facto standard, served under many prefixes (/v1, /openai/v1,
@@ -76,27 +92,41 @@ class _Rule:
 # Cohere's /compatibility/v1), plus Anthropic's. First match wins.
 _COMMON = (
     _Rule(r"/chat/completions", "chat", "openai", CAP_BODY),
-    _Rule(r"/chat/completions/.+", "chat", "openai"),  # stored completions
-    _Rule(r"/chat/deferred-completion/.+", "chat", "openai"),  # xAI
+    # stored completions: get, update metadata, delete, list messages
+    _Rule(r"/chat/completions/[^/]+", "chat", "openai"),
+    _Rule(r"/chat/completions/[^/]+/messages", "chat", "openai", post=False),
+    _Rule(r"/chat/deferred-completion/[^/]+", "chat", "openai", post=False),  # xAI
     _Rule(r"/completions", "chat", "openai", CAP_BODY),  # legacy; Mistral fim/, agents/
     _Rule(r"/responses", "responses", "openai", CAP_BODY),
-    _Rule(r"/responses/.+", "responses", "openai"),  # retrieve, cancel, input_tokens…
-    _Rule(r"/conversations(?:/.+)?", "responses", "openai"),
+    # stored responses: count, retrieve, delete, cancel, input items; any other
+    # sub-path (a new way to generate, say) is unknown rather than a harmless read
+    _Rule(r"/responses/input_tokens", "responses", "openai"),
+    _Rule(r"/responses/[^/]+", "responses", "openai", post=False),
+    _Rule(r"/responses/[^/]+/cancel", "responses", "openai"),
+    _Rule(r"/responses/[^/]+/input_items", "responses", "openai", post=False),
+    _Rule(r"/conversations(?:/[^/]+)?", "responses", "openai"),
+    _Rule(r"/conversations/[^/]+/items(?:/[^/]+)?", "responses", "openai"),
     _Rule(r"/v1/messages", "messages", "anthropic", CAP_BODY),
     _Rule(r"/v1/messages/count_tokens", "messages", "anthropic"),
     _Rule(r"/v1/messages/batches", "batches", "anthropic", CAP_BODY),
-    _Rule(r"/v1/messages/batches/.+", "batches", "anthropic"),
+    _Rule(r"/v1/messages/batches/[^/]+(?:/(?:cancel|results))?", "batches", "anthropic"),
     _Rule(r"/v1/complete", "chat", "anthropic", CAP_BODY),  # legacy Text Completions
     _Rule(r"/embeddings", "embeddings"),
-    _Rule(r"/images/.+", "images"),
-    _Rule(r"/audio/.+", "audio"),
+    _Rule(r"/images/(?:generations|edits|variations)", "images"),
+    _Rule(r"/audio/(?:speech|transcriptions|translations)", "audio"),
+    _Rule(r"/realtime/(?:client_secrets|sessions|transcription_sessions|calls)(?:/.+)?",
+          "direct_sessions", "openai", any_method=True),
     _Rule(r"/realtime(?:/.+)?", "realtime", "openai", CAP_UNSEEN, any_method=True),
-    _Rule(r"/(?:files|uploads)(?:/.+)?", "files"),
-    _Rule(r"/models(?:/[^:]*)?", "models"),  # a `:method` on a model is not a listing
+    _Rule(r"/(?:files|uploads|vector_stores)(?:/.+)?", "files"),
+    # a `:method` on a model is not a listing, and nothing is POSTed to a model's name
+    _Rule(r"/models(?:/[^:]*)?", "models", post=False),
     _Rule(r"/batches", "batches", "openai", CAP_UNSEEN),  # requests in an uploaded file
-    _Rule(r"/batches/.+", "batches"),
-    _Rule(r"/threads(?:/[^/]+)?/runs(?:/.+)?", "other", "openai", CAP_UNSEEN),  # Assistants
-    _Rule(r"/(?:assistants|threads|vector_stores|fine_tuning|moderations)(?:/.+)?", "other"),
+    _Rule(r"/batches/[^/]+", "batches", post=False),
+    _Rule(r"/batches/[^/]+/cancel", "batches"),
+    _Rule(r"/threads(?:/[^/]+)?/runs(?:/.+)?", "assistants", "openai", CAP_UNSEEN),
+    _Rule(r"/(?:assistants|threads)(?:/.+)?", "assistants"),
+    _Rule(r"/fine_tuning(?:/.+)?", "fine_tuning"),
+    _Rule(r"/moderations", "other"),
     _Rule(r"/chat/moderations", "other"),  # Mistral
 )
 
@@ -113,9 +143,10 @@ _NATIVE = {
         _Rule(r"/interactions/.+", "responses", "google_interactions"),
         _Rule(r"/ws/[^/]*\.bidigeneratecontent(?:constrained)?", "realtime", "google",
               CAP_UNSEEN, any_method=True),
-        _Rule(r"/auth_tokens(?:/.+)?", "realtime", "google"),  # Live API ephemeral keys
+        _Rule(r"/auth_tokens(?:/.+)?", "direct_sessions", "google"),  # Live API keys
         _Rule(r"/filesearchstores(?:/.+)?", "files", "google"),
-        _Rule(r"/(?:cachedcontents|tunedmodels)(?:/.+)?", "other", "google"),
+        _Rule(r"/cachedcontents(?:/.+)?", "other", "google"),
+        _Rule(r"/tunedmodels(?:/.+)?", "fine_tuning", "google"),
         _Rule(r"/v1[a-z0-9]*:chatcompletions", "chat", "openai", CAP_BODY),
     ),
     "cohere": (
@@ -152,12 +183,12 @@ def _compile(api: str, rules: Iterable[_Rule]) -> _Table:
         rf"(?P<r{i}>(?:/[^/]+)*?{rule.tail})" for i, rule in enumerate(rules)) + ")$",
         re.IGNORECASE)
     routes = []
+    unknown = (Endpoint("unknown", api, CAP_UNSEEN), Endpoint("unknown", api, CAP_NONE))
     for rule in rules:
         shape = api if rule.api in ("", _SAME_SHAPE.get(api)) else rule.api
-        routes.append((Endpoint(rule.endpoint, shape, rule.cap),
+        routes.append((Endpoint(rule.endpoint, shape, rule.cap) if rule.post else unknown[0],
                        Endpoint(rule.endpoint, shape, rule.cap if rule.any_method else CAP_NONE)))
-    return _Table(regex, tuple(routes),
-                  (Endpoint("other", api, CAP_UNSEEN), Endpoint("other", api, CAP_NONE)))
+    return _Table(regex, tuple(routes), unknown)
 
 
 _TABLES = {api: _compile(api, (*_NATIVE.get(api, ()), *_COMMON)) for api in APIS}
@@ -172,7 +203,7 @@ _PATH_PARAMS = re.compile(r";[^/]*")
 _SLASHES = re.compile(r"/{2,}")
 
 
-def _clean(path: str) -> str:
+def clean_path(path: str) -> str:
     """The path as a server would route it: no query, percent-decoded, no `;params`,
     dot segments or repeated slashes, no trailing slash."""
     path = path.split("?", 1)[0].split("#", 1)[0]
@@ -185,16 +216,110 @@ def _clean(path: str) -> str:
     return path.rstrip("/")
 
 
-def endpoint(vendor: Vendor, method: str, path: str) -> Endpoint:
+_AMBIGUOUS = (  # what servers route differently, and how a refusal names it
+    (re.compile(r";"), "a `;` parameter"),
+    (re.compile(r"/\.\.?(?:/|$)"), "a dot segment (`.` or `..`)"),
+    (re.compile(r"//"), "an empty segment (`//`)"),
+    (re.compile(r"\\"), "a backslash"),
+    (re.compile(r"#"), "a `#`"),
+    (re.compile(r"[^\x21-\x7e]"), "a space, control or non-ASCII character"),
+)
+
+
+def path_problem(path: str) -> str | None:
+    """What makes a path (without its query) ambiguous, or None. Servers route
+    `;params`, dot segments, empty segments, backslashes or percent-encoded `/ ? # %`
+    differently from each other and from `clean_path`; then the endpoint and model
+    egressguard governed need not be the ones the vendor runs, so the caller refuses
+    such a path rather than guess. Encoded ordinary characters decode alike anywhere."""
+    if ";" in path or "\\" in path or "//" in path or "/." in path or " " in path or "#" in path \
+            or not (path.isascii() and path.isprintable()):  # cheap, then which one
+        for pattern, what in _AMBIGUOUS:
+            if pattern.search(path):
+                return what
+    if "%" not in path:
+        return None
+    try:
+        decoded = unquote(path, errors="strict")
+    except UnicodeDecodeError:
+        return "percent-encoded bytes that are not UTF-8"
+    if decoded.count("/") != path.count("/"):
+        return "a percent-encoded `/`"
+    if any(c in decoded for c in "%?#"):
+        return "a percent-encoded `%`, `?` or `#` (or a stray `%`)"
+    for pattern, what in _AMBIGUOUS:
+        if pattern.search(decoded):
+            return "a percent-encoded " + what.removeprefix("a ").removeprefix("an ")
+    return None
+
+
+class AmbiguousPath(ValueError):
+    """A path servers route differently (see `path_problem`)."""
+
+
+def routed_path(path: str) -> str:
+    """`clean_path` of a path (without its query) that is not ambiguous: then that is
+    only decoding and the trailing slash. AmbiguousPath naming the problem otherwise."""
+    if problem := path_problem(path):
+        raise AmbiguousPath(problem)
+    return (unquote(path) if "%" in path else path).rstrip("/")
+
+
+def endpoint(vendor: Vendor, method: str, path: str, cleaned: bool = False) -> Endpoint:
     """The endpoint kind of a request to `vendor` (an `Endpoint`, equal to one of
-    ENDPOINTS). A path no rule knows is `other`, its cap `unseen` for a POST."""
+    ENDPOINTS); `cleaned`: `path` is already `clean_path`'s. A path no rule knows is
+    `unknown`, its cap `unseen` for a POST."""
     table = _vendor_table(vendor.name, vendor.api) if vendor.name in _VENDOR \
         else _TABLES[vendor.api]
     post = method.upper() == "POST"
-    m = table.regex.match(_clean(path))
+    m = table.regex.match(path if cleaned else clean_path(path))
     if m is None or m.lastgroup is None:
         return table.unknown[0 if post else 1]
     return table.routes[int(m.lastgroup[1:])][0 if post else 1]
+
+
+# ---- model ------------------------------------------------------------------------
+
+class ModelConflict(ValueError):
+    """The request names two different models: which one runs is the vendor's guess."""
+
+
+# Where the path names the model, the body's `model` is ignored (Azure runs the
+# deployment, whatever the body says: the SDK sends both, often differently) or must
+# agree (Gemini's proto binds the path's, and one may not lean on which wins).
+_BODY_MODEL_IGNORED = frozenset({"azure_openai"})
+
+
+def model_name(api: str, name: str) -> str:
+    """A model name as rules compare it. Names from a path are lower-cased (a vendor
+    that routes them case-insensitively would otherwise run `GPT-4O` past a rule
+    about `gpt-4o`); Gemini's are bare (`models/` dropped) or `tunedModels/<id>`."""
+    name = name.lower()
+    if api == "google":
+        name = name.removeprefix("models/")
+        if name.startswith("tunedmodels/"):
+            name = "tunedModels/" + name[12:]
+    return name
+
+
+def model_of(vendor: Vendor, path: str, body_model: str | None) -> str | None:
+    """The model the vendor runs for a request to the clean `path` with `body_model`
+    in its body: the one the path names where this vendor puts it there, else the
+    body's. ModelConflict when the path names two, or it and the body disagree."""
+    if vendor.model_in_path is None:
+        return body_model
+    named = {model_name(vendor.api, m.group("model"))
+             for m in vendor.model_in_path.finditer(path)}
+    if len(named) > 1:
+        raise ModelConflict(f"the URL path names models {sorted(named)}; name one")
+    if not named:
+        return model_name(vendor.api, body_model) if body_model else None
+    model = named.pop()
+    if body_model and vendor.api not in _BODY_MODEL_IGNORED \
+            and model_name(vendor.api, body_model) != model:
+        raise ModelConflict(f"the URL path names model {model!r} and the body "
+                            f"{body_model!r}; send the same model in both, or only the path")
+    return model
 
 
 def _shape(api: str, endpoint: str) -> str:
@@ -329,6 +454,26 @@ def set_max_tokens(api: str, endpoint: str, body: dict[str, Any], n: int) -> Non
                 written = True
     if not written:
         holders[0][_default_field(cap, body)] = n
+
+
+_CHOICES = {  # (where, fields): how many answers one request asks for
+    ("openai", "chat"): ((), ("n", "best_of")),  # best_of: legacy completions
+    ("azure_openai", "chat"): ((), ("n", "best_of")),
+    ("google", "chat"): (_GEMINI_CONFIG, ("candidateCount", "candidate_count")),
+}
+
+
+def choices(api: str, endpoint: str, body: Any) -> int:
+    """How many answers the request asks for (`n`, `best_of`, Gemini `candidateCount`):
+    each may run to the output cap, so a budget reserves the cap that many times. 1
+    when it asks for one or says nothing readable (the vendor refuses a bad value)."""
+    spec = _CHOICES.get((_shape(api, endpoint), endpoint))
+    if spec is None or not isinstance(body, dict):
+        return 1
+    where, fields = spec
+    holders = [body.get(w) for w in where] if where else [body]
+    counts = [h.get(f) for h in holders if isinstance(h, dict) for f in fields]
+    return max([1, *(c for c in counts if type(c) is int)])
 
 
 # ---- tools ------------------------------------------------------------------------

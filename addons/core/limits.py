@@ -275,14 +275,23 @@ def settled(usage: Usage | None, price: Price | None) -> Cost | None:
                 spend_micros(price, read, usage.output_tokens) if price else 0)
 
 
-def estimate(body_bytes: int, max_tokens: int | None, price: Price | None) -> Cost:
+def estimate(body_bytes: int, max_tokens: int | None, price: Price | None,
+             choices: int = 1) -> Cost:
     """The cost to reserve before forwarding. A token is about 4 bytes of English and
     more of JSON syntax or other scripts, so bytes/4 over-estimates the prompt on
-    purpose: a reservation should err high, and settling gives the rest back."""
+    purpose: a reservation should err high, and settling gives the rest back. Each of
+    `choices` answers (`n`) may run to the cap."""
     input_tokens = -(-body_bytes // 4)
-    output_tokens = DEFAULT_MAX_OUTPUT if max_tokens is None else max(0, max_tokens)
+    output_tokens = (DEFAULT_MAX_OUTPUT if max_tokens is None else max(0, max_tokens)) \
+        * max(1, choices)
     spend = spend_micros(price, input_tokens, output_tokens) if price is not None else 0
     return Cost(1, input_tokens + output_tokens, spend)
+
+
+def estimate_batch(costs: Sequence[Cost]) -> Cost:
+    """A batch is one request that runs all of its requests: their tokens and spend,
+    counted once against per-request limits."""
+    return Cost(1, sum(c.tokens for c in costs), sum(c.spend_micros for c in costs))
 
 
 # -- the price table -------------------------------------------------------------------

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
+from egressguard.core.apis import EXPLICIT_ENDPOINTS
 from egressguard.core.globs import Globs
 from egressguard.core.limits import LimitSpec
 
@@ -232,9 +233,19 @@ def _apply(rule: Rule, ask: Ask, team: str | None) -> Decision:
     if rule.models is not None and ask.model is not None and not rule.models(ask.model):
         return deny("model_not_allowed", f"model {ask.model!r} is not allowed; allowed: "
                     f"{', '.join(rule.models.patterns)}")
+    if rule.models is not None and ask.model is None and ask.cap != "none" \
+            and ask.endpoint != "batches":  # a batch's requests are decided one by one
+        return deny("model_required", f"only some models are allowed and this {ask.endpoint} "
+                    "request names none (a stored prompt or assistant would choose it); "
+                    "name the model in the request")
     if rule.endpoints is not None and ask.endpoint not in rule.endpoints:
         return deny("endpoint_not_allowed", f"the {ask.endpoint} endpoint is not allowed; "
                     f"allowed: {', '.join(sorted(rule.endpoints))}")
+    if rule.endpoints is None and ask.endpoint in EXPLICIT_ENDPOINTS:
+        return deny("endpoint_not_allowed", f"the {ask.endpoint} endpoint ({ask.method} "
+                    f"{ask.path}) is allowed only by a rule that names it in `endpoints:`, "
+                    "since what it lets through is not checked like a direct request; ask "
+                    "your security team")
     if ask.stream and not rule.streaming:
         return deny("streaming_not_allowed", "streaming is not allowed; send the request "
                     "without `stream`")

@@ -2,8 +2,11 @@
 
 Before forwarding: decide (first matching rule, default deny), clamp `max_tokens`
 if the rule says so, and reserve the request's estimated cost against every limit
-that applies (429 with Retry-After when one is used up). When the flow ends: settle
-the reservation with the usage the vendor reported, off the response's path.
+that applies (429 with Retry-After when one is used up). A batch, or a batch file
+being uploaded, has each of its requests decided and clamped as if sent alone
+(`core.batches`); an OpenAI batch is created only from a file read that way. When the
+flow ends: settle the reservation with the usage the vendor reported, off the
+response's path.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from egressguard.backends.counters import (
     InProcessCounters,
     counters_from_url,
 )
-from egressguard.core import apis, limits
+from egressguard.core import apis, batches, forms, limits
 from egressguard.core.errors import (
     BadRequest,
     EgressError,
@@ -35,6 +38,8 @@ from egressguard.core.usage import Usage
 from egressguard.pipeline import flowstate
 
 log = logging.getLogger(__name__)
+# a batch file's requests as read at upload, until the vendor's answer names the file
+_BATCH_FILE = "egressguard.batch_file"
 
 
 def ask_of(flow: http.HTTPFlow) -> Ask:
@@ -43,8 +48,7 @@ def ask_of(flow: http.HTTPFlow) -> Ask:
     dest, principal, info = meta[flowstate.DESTINATION], meta[flowstate.PRINCIPAL], \
         meta[flowstate.REQUEST]
     vendor = dest.vendor
-    path = flow.request.path.split("?", 1)[0]
-    endpoint = apis.endpoint(vendor, flow.request.method, path)
+    path, endpoint = info.path, info.endpoint  # as the vendor routes it, classified once
     return Ask(
         vendor=vendor.name, host=dest.host, path=path, agent=principal.agent,
         team=principal.team, method=flow.request.method, model=info.model,
@@ -54,14 +58,23 @@ def ask_of(flow: http.HTTPFlow) -> Ask:
         body_bytes=info.size)
 
 
-def refusal(decision: Decision) -> EgressError:
+def refusal(decision: Decision, within: str = "") -> EgressError:
+    """The error for a refused decision; `within`: which request of a batch it is about."""
     kind = {413: RequestTooLarge, 400: BadRequest}.get(decision.status, PolicyDenied)
-    return kind(decision.message, reason=decision.reason)
+    message = f"{within} of the batch: {decision.message}" if within else decision.message
+    return kind(message, reason=decision.reason)
+
+
+def _creates_openai_batch(ask: Ask) -> bool:
+    """`POST …/batches` of OpenAI or Azure: its requests are in a file uploaded before."""
+    return ask.endpoint == "batches" and ask.cap == apis.CAP_UNSEEN \
+        and getattr(ask.endpoint, "api", "") in ("openai", "azure_openai")
 
 
 class Enforce:
     def __init__(self, counters: Counters | None = None) -> None:
         self.counters: Counters = counters or InProcessCounters()
+        self.batch_files = batches.GovernedFiles()
         self._settling: set[asyncio.Task[None]] = set()
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
@@ -94,37 +107,108 @@ class Enforce:
             return
         policy: Policy = flow.metadata[flowstate.POLICY]
         ask = flow.metadata[flowstate.ASK] = ask_of(flow)
+        openai_batch = _creates_openai_batch(ask)
+        if openai_batch:
+            ask.cap = apis.CAP_NONE  # its caps were governed in the file, checked below
         decision = policy.decide(ask)
         flow.metadata[flowstate.DECISION] = decision
         if not decision.allowed:
             flowstate.refuse(flow, refusal(decision))
             return
+        info = flow.metadata[flowstate.REQUEST]
+        groups = None
+        if batches.is_container(ask.endpoint, ask.method):
+            try:
+                groups = self._batch_file(policy, ask, info.body) if openai_batch \
+                    else self._govern_batch(flow, policy, ask, decision)
+            except batches.BatchRefused as refused:
+                flowstate.refuse(flow, refusal(refused.decision, refused.label))
+                return
+            except EgressError as err:
+                flowstate.refuse(flow, err)
+                return
         max_tokens = ask.max_tokens
-        if decision.max_tokens is not None and isinstance(
-                body := flow.metadata[flowstate.REQUEST].body, dict):
+        if decision.max_tokens is not None:
+            if not isinstance(body := info.body, dict):
+                flowstate.refuse(flow, BadRequest(
+                    f"policy rule {decision.rule_name!r} caps max_tokens, and this request "
+                    "has no JSON object body to set it in", reason="body_not_object"))
+                return
             api = flow.metadata[flowstate.DESTINATION].vendor.api
             apis.set_max_tokens(api, ask.endpoint, body, decision.max_tokens)
             flow.request.content = orjson.dumps(body)
             flow.metadata[flowstate.CLAMPS] = {"max_tokens": {"from": ask.max_tokens,
                                                               "to": decision.max_tokens}}
             max_tokens = decision.max_tokens
-        await self._reserve(flow, policy, decision, ask, max_tokens)
+        await self._reserve(flow, policy, decision, ask, max_tokens, groups)
+
+    def _govern_batch(self, flow: http.HTTPFlow, policy: Policy, ask: Ask,
+                      decision: Decision) -> list[batches.Group] | None:
+        """Decide and clamp every request a batch (or a batch file upload) carries, and
+        write the body back if a clamp changed it."""
+        info = flow.metadata[flowstate.REQUEST]
+        vendor = flow.metadata[flowstate.DESTINATION].vendor
+        batch = batches.requests_of(vendor, ask.endpoint, ask.path, info.body, info.form)
+        if batch is None:
+            return None
+        groups = batches.govern(vendor, ask, decision, batch, policy.decide)
+        clamped = [g for g in groups if g.decision and g.decision.max_tokens is not None]
+        if clamped:
+            if batch.lines is None:
+                flow.request.content = orjson.dumps(info.body)
+            else:
+                flow.request.content = forms.with_part(
+                    flow.request.headers.get("content-type", ""), info.form, "file",
+                    batch.file_content())
+            widest = max(clamped, key=lambda g: g.ask.max_tokens or 0)
+            flow.metadata[flowstate.CLAMPS] = {"max_tokens": {
+                "from": widest.clamped_from, "to": widest.ask.max_tokens}}
+        if batch.lines is not None:
+            flow.metadata[_BATCH_FILE] = groups
+        return groups
+
+    def _batch_file(self, policy: Policy, ask: Ask, body: object) -> list[batches.Group]:
+        """The requests of the file an OpenAI batch runs, decided again now."""
+        file_id = body.get("input_file_id") if isinstance(body, dict) else None
+        groups = self.batch_files.get(batches.FileKey(ask.vendor, ask.host, ask.agent,
+                                                      file_id)) \
+            if isinstance(file_id, str) else None
+        if groups is None:
+            raise PolicyDenied(
+                f"batch input file {file_id!r} was not uploaded through egressguard by "
+                f"agent {ask.agent!r} (or egressguard restarted since), so its requests "
+                "were not checked; upload it again with POST …/files (purpose=batch)",
+                reason="batch_file_unknown")
+        batches.recheck(groups, policy.decide)
+        return groups
 
     async def _reserve(self, flow: http.HTTPFlow, policy: Policy, decision: Decision,
-                       ask: Ask, max_tokens: int | None) -> None:
+                       ask: Ask, max_tokens: int | None,
+                       groups: list[batches.Group] | None = None) -> None:
         scopes = policy.limit_scopes(decision)
+        for group in groups or ():  # a batch counts against its requests' limits too
+            assert group.decision is not None
+            scopes += [s for s in policy.limit_scopes(group.decision) if s not in scopes]
         if not scopes:
             return
         buckets = [b for key, spec in scopes for b in limits.buckets(key, spec)]
-        price = policy.prices.price(ask.vendor, ask.model) \
-            if policy.prices is not None and ask.model else None
-        if price is None and any(b.limit.startswith("spend") for b in buckets):
+        asked = [(g.ask.model, g) for g in groups] if groups else [(ask.model, None)]
+        priced = [(model, self._price(policy, ask.vendor, model), g) for model, g in asked]
+        unpriced = [model for model, price, _ in priced if price is None]
+        if unpriced and any(b.limit.startswith("spend") for b in buckets):
             flowstate.refuse(flow, PolicyDenied(
-                f"model {ask.model!r} of {ask.vendor} has no price in the policy's price "
+                f"model {unpriced[0]!r} of {ask.vendor} has no price in the policy's price "
                 f"table, so its spend limit cannot be kept (policy rule {decision.rule_name!r}"
                 "); operators: add it to the price table", reason="no_price"))
             return
-        cost = limits.estimate(ask.body_bytes, max_tokens, price)
+        if groups:
+            price = None  # a batch reports no usage when created: its estimate stands
+            cost = limits.estimate_batch([g.cost(p) for _, p, g in priced if g is not None])
+        else:
+            price = priced[0][1]
+            cost = limits.estimate(ask.body_bytes, max_tokens, price, apis.choices(
+                flow.metadata[flowstate.DESTINATION].vendor.api, ask.endpoint,
+                flow.metadata[flowstate.REQUEST].body))
         try:
             result = await self.counters.reserve(buckets, cost, time.time())
         except CountersUnavailable as err:
@@ -148,9 +232,35 @@ class Enforce:
                                            "scopes": [key for key, _ in scopes],
                                            "estimate": cost.as_record()}
 
+    @staticmethod
+    def _price(policy: Policy, vendor: str, model: str | None) -> limits.Price | None:
+        return policy.prices.price(vendor, model) if policy.prices is not None and model \
+            else None
+
+    def _remember_batch_file(self, flow: http.HTTPFlow) -> None:
+        """A batch file the vendor stored: its id may now start batches."""
+        groups = flow.metadata.pop(_BATCH_FILE, None)
+        if groups is None or flow.response is None or not 200 <= flow.response.status_code < 300:
+            return
+        try:
+            file_id = orjson.loads(flow.response.content or b"").get("id")
+        except (orjson.JSONDecodeError, AttributeError, ValueError):
+            file_id = None
+        if not isinstance(file_id, str):
+            log.warning("a batch file was uploaded and the vendor's answer names no file "
+                        "id; batches from it will be refused")
+            return
+        ask: Ask = flow.metadata[flowstate.ASK]
+        self.batch_files.add(batches.FileKey(ask.vendor, ask.host, ask.agent, file_id), groups)
+
     @flowstate.fail_closed
     def response(self, flow: http.HTTPFlow) -> None:
-        self._settle(flow)
+        self._remember_batch_file(flow)
+        if flow.websocket is None:  # a WebSocket session settles when it ends
+            self._settle(flow)
+
+    def websocket_end(self, flow: http.HTTPFlow) -> None:
+        self._settle(flow)  # with the usage of every response of the session
 
     @flowstate.fail_closed
     def error(self, flow: http.HTTPFlow) -> None:

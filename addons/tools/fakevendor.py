@@ -8,7 +8,8 @@ it with an upstream map while keeping the real SNI and Host. The request's `mode
 drives test behaviour: `slow-stream`, `echo-headers`, `echo` (answers with the last
 message's text), `error-500`. `POST /_fake/reply {"text": ..., "chunk": N}` makes every
 other model answer with that text (streamed N characters per event), as a vendor
-whose model writes out what it should not; `POST /_fake/reset` forgets it.
+whose model writes out what it should not; `POST /_fake/reset` forgets it. A
+WebSocket upgrade to `/v1/realtime` is an OpenAI Realtime session (`fakerealtime`).
 
     python -m egressguard.tools.fakevendor --listen 127.0.0.1:0 --pki-dir DIR
 """
@@ -42,6 +43,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from egressguard.tools import fakerealtime
 
 VENDOR_HOSTS = (
     "api.openai.com", "api.anthropic.com", "generativelanguage.googleapis.com",
@@ -163,6 +166,7 @@ class Received:
     query: str
     headers: list[tuple[str, str]]  # original case and order, duplicates kept
     body: bytes  # as sent, still gzip-encoded if it was
+    frames: list[dict[str, str]] | None = None  # a WebSocket's frames (fakerealtime)
 
     def header(self, name: str) -> str | None:
         return next((v for n, v in self.headers if n.lower() == name.lower()), None)
@@ -172,8 +176,11 @@ class Received:
             body, is_b64 = self.body.decode("utf-8"), False
         except UnicodeDecodeError:
             body, is_b64 = base64.b64encode(self.body).decode("ascii"), True
-        return {"method": self.method, "path": self.path, "query": self.query,
-                "headers": [list(h) for h in self.headers], "body": body, "body_base64": is_b64}
+        out = {"method": self.method, "path": self.path, "query": self.query,
+               "headers": [list(h) for h in self.headers], "body": body, "body_base64": is_b64}
+        if self.frames is not None:
+            out["frames"] = list(self.frames)
+        return out
 
 
 @dataclass
@@ -261,6 +268,8 @@ def handle(req: Received, script: Script | None = None) -> Reply:
     vendor = vendor_for(req.header("host") or "", req.path)
     if not _has_credential(req):
         return _error(vendor, 401, "no API key provided (egressguard fake vendor)")
+    if (stored := _batch_api(req)) is not None:
+        return stored
     try:
         raw = gzip.decompress(req.body) if req.header("content-encoding") == "gzip" else req.body
         payload = json.loads(raw) if raw else {}
@@ -289,6 +298,39 @@ def handle(req: Received, script: Script | None = None) -> Reply:
             {"id": m, "object": "model", "created": 0, "owned_by": "egressguard-fake"}
             for m in ("gpt-4o-mini", "slow-stream", "echo-headers", "echo", "error-500")]})
     return _error(vendor, 404, f"the fake vendor has no route for {req.method} {req.path}")
+
+
+_PURPOSE = re.compile(rb'name="purpose"\r\n\r\n([^\r]*)\r\n')
+
+
+def _batch_api(req: Received) -> Reply | None:
+    """Batch jobs and file uploads, enough for the SDKs: each is stored nowhere, only
+    acknowledged (what arrived is in `received`)."""
+    if req.method != "POST":
+        return None
+    now, n = int(time.time()), next(_ids)
+    if req.path in ("/v1/files", "/openai/files") and (purpose := _PURPOSE.search(req.body)):
+        return _json(200, {"id": f"file-fake{n}", "object": "file", "bytes": len(req.body),
+                           "created_at": now, "filename": "upload.jsonl",
+                           "purpose": purpose[1].decode(), "status": "processed"})
+    if req.path in ("/v1/batches", "/openai/batches"):
+        payload = json.loads(req.body or b"{}")
+        return _json(200, {"id": f"batch_fake{n}", "object": "batch",
+                           "endpoint": payload.get("endpoint"), "input_file_id":
+                           payload.get("input_file_id"), "completion_window": "24h",
+                           "status": "validating", "created_at": now})
+    if req.path == "/v1/messages/batches":
+        return _json(200, {"id": f"msgbatch_fake{n}", "type": "message_batch",
+                           "processing_status": "in_progress", "request_counts": {
+                               "processing": len(json.loads(req.body).get("requests", [])),
+                               "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0},
+                           "created_at": "2025-01-01T00:00:00Z",
+                           "expires_at": "2025-01-02T00:00:00Z", "ended_at": None,
+                           "archived_at": None, "cancel_initiated_at": None,
+                           "results_url": None})
+    if req.path.endswith(":batchGenerateContent"):
+        return _json(200, {"name": f"batches/fake{n}", "metadata": {"state": "PENDING"}})
+    return None
 
 
 def _has_credential(req: Received) -> bool:
@@ -511,6 +553,11 @@ class FakeVendor:
             reply = self._control(req)
         elif path == "/bench":
             reply = _BENCH  # not recorded: benchmarks send millions
+        elif fakerealtime.is_upgrade(req.method, path, headers) and _has_credential(req):
+            req.frames = []
+            self.received.append(req)
+            await fakerealtime.serve(conn, reader, writer, req, self.script)
+            return False  # the connection was the session's
         else:
             self.received.append(req)
             reply = handle(req, self.script)

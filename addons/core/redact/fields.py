@@ -449,8 +449,9 @@ def _gemini_chat(out: _Slots, body: Any, path: Path = ()) -> None:
 
 
 def _gemini_batches(out: _Slots, body: Any) -> None:
-    """batchGenerateContent with inlined requests: batch.inputConfig.requests.requests[]
-    .request, each a generateContent body."""
+    """batchGenerateContent and asyncBatchEmbedContent with inlined requests:
+    batch.inputConfig.requests.requests[].request, each a generateContent body or an
+    embedContent one (`content`)."""
     batch = body.get("batch") if isinstance(body, dict) else None
     if not isinstance(batch, dict):
         return
@@ -458,8 +459,9 @@ def _gemini_batches(out: _Slots, body: Any) -> None:
     requests = config.get("requests") if isinstance(config, dict) else None
     items = requests.get("requests") if isinstance(requests, dict) else None
     for i, item in _dicts(items):
-        _gemini_chat(out, item.get("request"),
-                     ("batch", kc, "requests", "requests", i, "request"))
+        path = ("batch", kc, "requests", "requests", i, "request")
+        _gemini_chat(out, item.get("request"), path)
+        _gemini_content(out, item.get("request"), "content", path)  # asyncBatchEmbedContent
 
 
 def _interaction_content(out: _Slots, holder: Any, key: str | int, path: Path,
