@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 EG := $(VENV)/bin/egressguard
 STAMP := $(VENV)/.installed
 
-.PHONY: run test demo bench lint test-deps bench-deps debs clean
+.PHONY: run test demo bench lint lock test-deps bench-deps debs clean
 
 run: $(STAMP)
 	$(EG) run --local-vault
@@ -25,17 +25,30 @@ bench: $(STAMP) bench-deps
 lint: $(STAMP)
 	$(VENV)/bin/ruff check addons tests bench
 
-$(STAMP): pyproject.toml
+# Runtime dependencies come from the hash-pinned lock, as in the deploy image, so the
+# tests run what ships; the test tools on top are resolved as usual.
+$(STAMP): pyproject.toml deploy/requirements.lock
 	@test -x $(PY) || "$$(scripts/find-python)" -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q --require-hashes -r deploy/requirements.lock
 	$(PY) -m pip install -q -e '.[test]'
 	@touch $@
 
+# Re-pin the deploy image's dependencies (exact versions, sha256 of every file) after a
+# change to pyproject.toml's dependencies; commit deploy/requirements.lock.
+lock: $(STAMP)
+	$(PY) -m pip install -q 'uv>=0.5'
+	$(VENV)/bin/uv pip compile pyproject.toml --generate-hashes --python-version 3.12 \
+	    --python-platform linux --custom-compile-command "make lock" \
+	    -o deploy/requirements.lock
+
 # Debian packages: curl is an agent in the tests, hey drives the benchmark, redis-server
-# and rsyslogd are real servers the tests start. TOOLS are commands (PACKAGE:COMMAND where
-# the names differ; /usr/sbin is searched too), FILES are PACKAGE:GLOB for plugins.
+# and rsyslogd are real servers the tests start, faketime steps the proxy's wall clock.
+# TOOLS are commands (PACKAGE:COMMAND where the names differ; /usr/sbin is searched
+# too), FILES are PACKAGE:GLOB for plugins and libraries.
 test-deps: ; @$(MAKE) -s debs TOOLS="curl redis-server rsyslog:rsyslogd chromium" \
-	FILES="rsyslog-gnutls:/usr/lib/*/rsyslog/lmnsd_gtls.so"
+	FILES="rsyslog-gnutls:/usr/lib/*/rsyslog/lmnsd_gtls.so \
+	libfaketime:/usr/lib/*/faketime/libfaketime.so.1"
 bench-deps: ; @$(MAKE) -s debs TOOLS="curl hey redis-server"
 debs:
 	@missing=$$(for t in $(TOOLS); do \

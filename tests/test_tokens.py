@@ -14,7 +14,9 @@ from urllib.parse import quote, urlsplit
 import orjson
 import pytest
 
+from egressguard.core import logs
 from egressguard.core.errors import IdentityRequired
+from egressguard.core.keyfiles import KeyFileExposed
 from egressguard.core.tokens import (
     PREFIX,
     Principal,
@@ -299,3 +301,23 @@ def test_a_token_survives_a_restart_with_the_same_key_file(tmp_path: Path) -> No
     path = tmp_path / "token-key"
     token, principal = issue(authority=TokenAuthority(load_or_create_key(path)))
     assert TokenAuthority(load_or_create_key(path)).verify(token, now=NOW) == principal
+
+
+def test_a_key_file_others_can_read_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "token-key"
+    load_or_create_key(path)
+    os.chmod(path, 0o644)
+    with pytest.raises(KeyFileExposed) as refused:
+        load_or_create_key(path)
+    assert str(refused.value) == (
+        f"the token key {path} can be read by others (mode 644): whoever reads it can mint "
+        f"agent tokens for any agent; run `chmod 600 {path}`")
+
+
+def test_the_key_is_never_logged(tmp_path: Path) -> None:
+    """Loading the key registers it with the log scrubber: a line quoting the file's
+    contents shows the type instead."""
+    path = tmp_path / "token-key"
+    load_or_create_key(path)
+    text = path.read_text().strip()
+    assert logs.scrub(f"bad key {text}") == "bad key <TOKEN_KEY>"

@@ -10,13 +10,12 @@ history. Auditors get the public half with `egressguard audit pubkey`.
 
 from __future__ import annotations
 
-import os
-import stat
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from egressguard.core import keyfiles
 from egressguard.core.errors import SecretUnavailable
 from egressguard.core.secret import SecretLocation
 
@@ -34,27 +33,20 @@ def load_signing_key(spec: str, vault_timeout: float = 2.0) -> Ed25519PrivateKey
 def from_file(path: Path) -> Ed25519PrivateKey:
     """The key at `path`, created (0600, in a 0700 folder) if there is none."""
     try:
-        mode = stat.S_IMODE(path.stat().st_mode)
+        pem = keyfiles.read_private(path, "audit signing key", _EXPOSED)
     except FileNotFoundError:
-        return _create(path)
-    if mode & 0o077:
-        raise SigningKeyError(
-            f"the audit signing key {path} can be read by others (mode {mode:o}): whoever "
-            f"reads it can sign a rewritten journal; run `chmod 600 {path}`")
-    return _parse(path.read_bytes(), str(path))
+        key = Ed25519PrivateKey.generate()
+        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+        if keyfiles.create_private(path, pem):
+            return key
+        return from_file(path)  # another process made it meanwhile: theirs counts
+    except keyfiles.KeyFileExposed as exc:
+        raise SigningKeyError(str(exc)) from None
+    return _parse(pem, str(path))
 
 
-def _create(path: Path) -> Ed25519PrivateKey:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
-        f.flush()
-        os.fsync(f.fileno())
-    return key
+_EXPOSED = "whoever reads it can sign a rewritten journal"
 
 
 def _parse(pem: bytes, where: str) -> Ed25519PrivateKey:

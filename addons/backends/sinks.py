@@ -37,7 +37,7 @@ from typing import Any, Protocol
 import httpx
 import orjson
 
-from egressguard.core import mappings
+from egressguard.core import logs, mappings
 from egressguard.core.sinkconfig import SinkSpec
 
 Record = dict[str, Any]
@@ -289,6 +289,7 @@ def _credential(source: tuple[str, str] | None, sink: str, what: str) -> str:
         if not value:
             raise SinkError(f"sink {sink}: the environment variable {name} ({what}) is not "
                             "set")
+        logs.register_secret(value.strip(), "SINK_CREDENTIAL")
         return value.strip()
     try:
         value = Path(name).read_text().strip()
@@ -297,6 +298,7 @@ def _credential(source: tuple[str, str] | None, sink: str, what: str) -> str:
                         f"{exc.strerror}") from None
     if not value:
         raise SinkError(f"sink {sink}: {name} ({what}) is empty")
+    logs.register_secret(value, "SINK_CREDENTIAL")
     return value
 
 

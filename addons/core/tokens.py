@@ -20,6 +20,7 @@ from pathlib import Path
 
 import orjson
 
+from egressguard.core import keyfiles, logs
 from egressguard.core.errors import IdentityRequired
 
 PREFIX = "egt1."
@@ -178,14 +179,19 @@ class RevocationList:
 
 
 def load_or_create_key(path: Path) -> bytes:
-    """The HMAC key at `path` (base64), created 0600 with 32 random bytes if absent."""
+    """The HMAC key at `path` (base64), created 0600 with 32 random bytes if absent.
+
+    A key file others can read or write is refused (KeyFileExposed): whoever reads it
+    can mint tokens for any agent."""
     try:
-        return base64.b64decode(path.read_text().strip())
+        text = keyfiles.read_private(path, "token key", _KEY_EXPOSED)
     except FileNotFoundError:
-        pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_bytes(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(base64.b64encode(key).decode() + "\n")
-    return key
+        encoded = base64.b64encode(secrets.token_bytes(32))
+        # False: another process created it first; use theirs
+        text = encoded + b"\n" if keyfiles.create_private(path, encoded + b"\n") else \
+            keyfiles.read_private(path, "token key", _KEY_EXPOSED)
+    logs.register_secret(text.strip().decode("ascii", "replace"), "TOKEN_KEY")
+    return base64.b64decode(text.strip())
+
+
+_KEY_EXPOSED = "whoever reads it can mint agent tokens for any agent"

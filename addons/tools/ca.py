@@ -4,6 +4,10 @@ Files in the certs directory:
   mitmproxy-ca.pem             private key + certificate (0600): what mitmproxy reads
   egressguard-ca.pem           the certificate alone: what agents trust
   egressguard-ca-bundle.pem    system roots + ours, for SSL_CERT_FILE / REQUESTS_CA_BUNDLE
+
+The key is created 0600 and refused (KeyFileExposed) once others can read or write it:
+with it anyone can pose as every vendor to the agents that trust the CA. The same goes
+for a `mitmproxy-ca.p12` that mitmproxy itself may have left in the folder.
 """
 
 from __future__ import annotations
@@ -19,7 +23,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
+from egressguard.core import keyfiles
+
 MITMPROXY_FILE = "mitmproxy-ca.pem"  # name fixed by mitmproxy (confdir + "mitmproxy")
+MITMPROXY_P12 = "mitmproxy-ca.p12"  # key + certificate, written by mitmproxy's own CA setup
 CERT_FILE = "egressguard-ca.pem"
 BUNDLE_FILE = "egressguard-ca-bundle.pem"
 VALID_DAYS = 3650
@@ -44,12 +51,18 @@ class CaFiles:
     def exists(self) -> bool:
         return self.key_and_cert.exists() and self.cert.exists()
 
+    @property
+    def key_files(self) -> list[Path]:
+        """Every file here that holds the CA's private key."""
+        return [p for p in (self.key_and_cert, self.directory / MITMPROXY_P12) if p.exists()]
 
-def write_private(path: Path, data: bytes) -> None:
-    """Create `path` with mode 0600 from the first byte (never chmod after writing)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
+    def check_private(self) -> None:
+        """KeyFileExposed if any file holding the CA key is open to others."""
+        for path in self.key_files:
+            keyfiles.check_private(path, "interception CA key", KEY_EXPOSED)
+
+
+KEY_EXPOSED = "whoever reads it can pose as any vendor to the agents that trust this CA"
 
 
 def system_roots() -> bytes:
@@ -66,6 +79,7 @@ def init(directory: Path, common_name: str = "egressguard interception CA") -> C
     """Create the CA unless it exists; (re)write the agent-facing files either way."""
     files = CaFiles(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    files.check_private()
     if not files.key_and_cert.exists():
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name),
@@ -90,8 +104,10 @@ def init(directory: Path, common_name: str = "egressguard interception CA") -> C
         key_pem = key.private_bytes(serialization.Encoding.PEM,
                                     serialization.PrivateFormat.TraditionalOpenSSL,
                                     serialization.NoEncryption())
-        write_private(files.key_and_cert, key_pem + cert.public_bytes(serialization.Encoding.PEM))
-    cert_pem = _cert_pem(files.key_and_cert.read_bytes())
+        keyfiles.create_private(files.key_and_cert,
+                                key_pem + cert.public_bytes(serialization.Encoding.PEM))
+    cert_pem = _cert_pem(keyfiles.read_private(files.key_and_cert, "interception CA key",
+                                               KEY_EXPOSED))
     files.cert.write_bytes(cert_pem)
     files.bundle.write_bytes(system_roots().rstrip(b"\n") + b"\n" + cert_pem)
     return files
