@@ -111,7 +111,9 @@ def test_pseudonyms_split_across_stream_events_are_restored(pipeline) -> None:
 
 def test_a_request_whose_text_cannot_be_read_is_refused_under_a_plan(pipeline) -> None:
     token = pipeline.token("masker")
-    flow = pipeline.send(OPENAI, "/v1/files", headers=[("Authorization", f"Bearer {token}")],
+    # (an upload to /v1/files is refused before: files are allowed only when named)
+    flow = pipeline.send(OPENAI, "/v1/audio/transcriptions",
+                         headers=[("Authorization", f"Bearer {token}")],
                          body=b"--boundary\r\nopaque\r\n")
     assert flow.response.status_code == 403
     assert orjson.loads(flow.response.content)["error"]["code"] == "redaction_not_possible"

@@ -7,9 +7,10 @@ placeholder quoted inside a request *body* is data and is never replaced.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Collection, Iterable
 
 from egressguard.core.secret import Secret
+from egressguard.core.tokens import PREFIX as TOKEN_PREFIX
 from egressguard.core.vendors import Vendor
 
 Pairs = list[tuple[str, str]]
@@ -17,6 +18,7 @@ Pairs = list[tuple[str, str]]
 # Never forwarded upstream, whatever the vendor.
 _ALWAYS_STRIPPED = frozenset({"proxy-authorization", "proxy-connection"})
 _SCHEMES = ("bearer ", "basic ", "token ")
+_MIN_CARRIED = 16  # shorter presented values are not searched for in other headers
 
 
 def _bare(value: str) -> str:
@@ -37,14 +39,33 @@ def presented(headers: Iterable[tuple[str, str]], query: Iterable[tuple[str, str
     return found
 
 
-def strip(headers: Iterable[tuple[str, str]], vendor: Vendor) -> Pairs:
-    """Headers without any credential (any case, any number of duplicates)."""
+def strip(headers: Iterable[tuple[str, str]], vendor: Vendor,
+          presented: Collection[str] = ()) -> Pairs:
+    """Headers without any credential (any case, any number of duplicates), nor any
+    header that carries an egressguard token or a value the agent `presented` as a
+    credential elsewhere (a placeholder in `X-Whatever` must not reach the vendor)."""
     drop = vendor.credential_headers | _ALWAYS_STRIPPED
-    return [(k, v) for k, v in headers if k.lower() not in drop]
+    carried = _carriers(presented)
+    return [(k, v) for k, v in headers if k.lower() not in drop and not carried(v)]
 
 
-def strip_query(query: Iterable[tuple[str, str]], vendor: Vendor) -> Pairs:
-    return [(k, v) for k, v in query if k not in vendor.credential_query]
+def strip_query(query: Iterable[tuple[str, str]], vendor: Vendor,
+                presented: Collection[str] = ()) -> Pairs:
+    carried = _carriers(presented)
+    return [(k, v) for k, v in query if k not in vendor.credential_query and not carried(v)]
+
+
+def needs_query_strip(query: Iterable[tuple[str, str]], vendor: Vendor,
+                      presented: Collection[str] = ()) -> bool:
+    carried = _carriers(presented)
+    return any(k in vendor.credential_query or carried(v) for k, v in query)
+
+
+def _carriers(presented: Collection[str]) -> Callable[[str], bool]:
+    """Does a value carry a token, or a presented credential long enough not to be
+    an everyday word?"""
+    values = tuple(p for p in presented if len(p) >= _MIN_CARRIED)
+    return lambda v: TOKEN_PREFIX in v or any(p in v for p in values)
 
 
 def inject(headers: Pairs, vendor: Vendor, secret: Secret, host: str) -> Pairs:

@@ -10,6 +10,8 @@ from typing import Any
 
 import orjson
 
+from egressguard.core import sseframe
+
 _INPUT_KEYS = ("prompt_tokens", "input_tokens", "promptTokenCount")
 _OUTPUT_KEYS = ("completion_tokens", "output_tokens", "candidatesTokenCount")
 # Where a usage object sits when not at the top: Anthropic message_start, Responses API
@@ -25,7 +27,6 @@ _MAX_SSE_LINE = 1 << 20  # a longer line (or event) is not usage; don't buffer i
 # 400 "Unrecognized request argument"). The catalogue may take this over as a flag.
 STREAM_USAGE_VENDORS = frozenset({"openai", "groq", "deepseek", "fireworks"})
 
-_EVENT_END = re.compile(rb"\r?\n\r?\n")
 # `"usage": null` as a member: after another one, or first with one after it
 _USAGE_NULL = (re.compile(rb',\s*"usage"\s*:\s*null'), re.compile(rb'"usage"\s*:\s*null\s*,'))
 
@@ -112,7 +113,7 @@ class SseUsage:
 
     def feed(self, chunk: bytes) -> None:
         data = self._partial + chunk
-        lines = data.split(b"\n")
+        lines = sseframe.LINE_END.split(data) if b"\r" in data else data.split(b"\n")
         self._partial = lines.pop()
         if len(self._partial) > _MAX_SSE_LINE:
             self._partial = b""
@@ -164,10 +165,9 @@ class UsageChunkFilter:
             return held
         data = self._held + chunk
         out, start = [], 0
-        # the end of an event may straddle the chunk boundary: look 3 bytes back
-        for end in _EVENT_END.finditer(data, max(0, len(self._held) - 3)):
-            out.append(_without_added_usage(data[start:end.end()]))
-            start = end.end()
+        for end in sseframe.event_ends(data, max(0, len(self._held) - sseframe.LOOK_BACK)):
+            out.append(_without_added_usage(data[start:end]))
+            start = end
         self._held = data[start:]
         if len(self._held) > _MAX_SSE_LINE:
             out.append(self._held)
@@ -181,7 +181,7 @@ def _without_added_usage(event: bytes) -> bytes:
         return event
     lead = len(event) - len(event.lstrip(b"\r\n"))  # stray blank lines before it
     line = event[lead:].rstrip(b"\r\n")
-    if not line.startswith(b"data:") or b"\n" in line:
+    if not line.startswith(b"data:") or b"\n" in line or b"\r" in line:
         return event  # every chat completion chunk is a single data line
     payload = line[5:]
     try:

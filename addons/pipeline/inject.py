@@ -6,6 +6,7 @@ agent gets a 503 in its vendor's error shape.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from mitmproxy import ctx, exceptions, http
@@ -30,6 +31,7 @@ class Inject:
     def __init__(self, store: SecretStore | None = None) -> None:
         self.store = store
         self._turns: dict[str, int] = {}  # rule name -> requests sent with its key pool
+        self._token_keeper: asyncio.Future[None] | None = None
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
         loader.add_option("egressguard_secret_ttl", float, 60.0,
@@ -47,10 +49,20 @@ class Inject:
                 config = VaultConfig.from_env(ctx.options.egressguard_vault_timeout)
             except SecretUnavailable as err:
                 raise exceptions.OptionsError(err.message) from None
+            running = self._token_keeper is not None
             self.done()
             self.store = VaultStore(config, ttl=ctx.options.egressguard_secret_ttl)
+            if running:
+                self.running()
+
+    def running(self) -> None:
+        if isinstance(self.store, VaultStore):
+            self._token_keeper = asyncio.ensure_future(self.store.keep_token_alive())
 
     def done(self) -> None:
+        if self._token_keeper is not None:
+            self._token_keeper.cancel()
+            self._token_keeper = None
         if isinstance(self.store, VaultStore):
             self.store.close()
 
@@ -79,11 +91,13 @@ class Inject:
             flowstate.refuse(flow, err)
             return
         request = flow.request
-        if any(k in vendor.credential_query for k in request.query):
-            request.query = credentials.strip_query(request.query.items(multi=True), vendor)
-        headers = credentials.inject(
-            credentials.strip(request.headers.items(multi=True), vendor),
-            vendor, secret, dest.host)  # not request.host: see Destination
+        sent_headers = list(request.headers.items(multi=True))
+        query = list(request.query.items(multi=True))
+        presented = credentials.presented(sent_headers, query, vendor)
+        if credentials.needs_query_strip(query, vendor, presented):
+            request.query = credentials.strip_query(query, vendor, presented)
+        headers = credentials.inject(credentials.strip(sent_headers, vendor, presented),
+                                     vendor, secret, dest.host)  # not request.host: see Destination
         # mitmproxy decodes header bytes with surrogateescape: encode them back the same
         # way, so no byte sequence an agent sends can make the swap fail.
         request.headers = http.Headers(

@@ -9,14 +9,17 @@ from typing import Any
 
 import openai
 import pytest
+from secret_registry import register
 
 from egressguard.tools.stack import Stack
 
 pytestmark = pytest.mark.e2e
 
-EMAIL = "maria.lopez@example.org"
-NAME = "Maria Lopez"
-SECRET = "sk-ant-oat01-" + "Q7x" * 30  # synthetic, shaped like an Anthropic OAuth token
+# registered: the secret sweep looks for each in every log and record at the end
+EMAIL = register("maria.lopez@example.org", "PII: e-mail address")
+NAME = register("Maria Lopez", "PII: person name")
+SECRET = register("sk-ant-oat01-" + "Q7x" * 30,  # synthetic, an Anthropic OAuth token's shape
+                  "secret an agent sent")
 POLICY = """\
 version: 1
 agents:
@@ -86,7 +89,7 @@ def test_a_secret_is_refused_by_type_never_by_value(stack: Stack, keys: dict[str
 
 # A credential the vendor's model writes out on its own (it was in no request): shaped
 # like a GitHub token, synthetic.
-LEAKED = "ghp_" + "Wd3kP9" * 6
+LEAKED = register("ghp_" + "Wd3kP9" * 6, "secret a model wrote")
 
 
 @pytest.fixture

@@ -737,6 +737,8 @@ class Detector:
             return []
         scan, offsets = _fold(text)
         chosen = _resolve(self._candidates(scan, rules, decode=True))
+        if chosen:
+            chosen = _with_repeats(scan, chosen)
         if offsets is None:
             return [Finding(c[4], c[5], c[0], c[1], c[3]) for c in chosen]
         return [Finding(c[4], c[5], offsets.start(c[0]), offsets.end(c[1]), c[3])
@@ -1142,6 +1144,43 @@ def _settle(cluster: list[Candidate]) -> list[Candidate]:
         if all(c[1] <= k[0] or k[1] <= c[0] for k in kept):
             kept.append(c)
     return sorted(kept)
+
+
+def _with_repeats(text: str, chosen: list[Candidate]) -> list[Candidate]:
+    """`chosen` (sorted, non-overlapping) plus every other place the very same value
+    occurs. A rule may accept a value in one context and not in another (a card number
+    right after a digit group looks like part of a tracking number); once a value is
+    known to be sensitive, a copy of it left in the text would give it away all the
+    same. Linear in the number of occurrences."""
+    firsts: dict[str, Candidate] = {}
+    for c in chosen:
+        if c[1] - c[0] >= _MIN_REPEAT:
+            firsts.setdefault(text[c[0]:c[1]], c)
+    taken = {(c[0], c[1]) for c in chosen}
+    starts = [c[0] for c in chosen]
+    extra: list[Candidate] = []
+    for value, c in firsts.items():
+        at = text.find(value)
+        while at >= 0:
+            end = at + len(value)
+            if (at, end) not in taken:
+                i = bisect_right(starts, at)
+                if not (i and chosen[i - 1][1] > at) and not (i < len(chosen)
+                                                            and chosen[i][0] < end):
+                    extra.append((at, end, *c[2:]))
+            at = text.find(value, at + 1)
+    if not extra:
+        return chosen
+    extra.sort()
+    kept, reach = [], -1
+    for e in extra:  # copies may overlap one another (`aaaaaa` in `aaaaaaa`)
+        if e[0] >= reach:
+            kept.append(e)
+            reach = e[1]
+    return sorted(chosen + kept)
+
+
+_MIN_REPEAT = 6  # shorter values (a 5-digit number) are too common to chase
 
 
 @cache

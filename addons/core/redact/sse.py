@@ -24,20 +24,19 @@ vendor sends one) is passed on as it is.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
 
+from egressguard.core import sseframe
 from egressguard.core.redact.jsontext import LITERAL
 
 MAX_HELD_EVENTS = 1024  # a PEM key streamed a few characters per event takes hundreds
 MAX_HELD_BYTES = 1 << 20
 MAX_EVENT = 4 << 20  # an unfinished event longer than this goes on untouched
 CONTEXT = 64  # characters of a channel's released text a stage may look back on
-_EVENT_END = re.compile(rb"\r?\n\r?\n")
 # Fields whose values say which stream of text a string continues (Anthropic block
 # `index`, Responses `output_index`/`content_index`/`item_id`, choice and tool-call
 # `index`, Gemini thought parts).
@@ -133,14 +132,13 @@ class SseRewriter:
             return b"".join(out)
         data = self._buffer + chunk
         start = 0
-        # the end of an event may straddle the chunk boundary: look 3 bytes back
-        for end in _EVENT_END.finditer(data, max(0, len(self._buffer) - 3)):
+        for end in sseframe.event_ends(data, max(0, len(self._buffer) - sseframe.LOOK_BACK)):
             if self._skipping:
-                out.append(data[start:end.end()])
+                out.append(data[start:end])
                 self._skipping = False
             else:
-                self._event(data[start:end.end()], out)
-            start = end.end()
+                self._event(data[start:end], out)
+            start = end
         self._buffer = data[start:]
         if self._skipping or len(self._buffer) > MAX_EVENT:
             self._settle(out)
