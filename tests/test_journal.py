@@ -277,6 +277,32 @@ def test_a_failed_write_raises_and_refuses_further_appends(tmp_path: Path) -> No
             asyncio.run(append())
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_failed_journal_takes_appends_again_once_there_is_room(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = tmp_path / "journal"
+    with opened(directory) as journal:
+        journal.append_sync({"n": 1})
+        segment = journal.path
+        os.close(journal._fd)
+        journal._fd = os.open("/dev/full", os.O_WRONLY)
+        with pytest.raises(JournalError):
+            journal.append_sync({"n": 2})
+        with open(segment, "ab") as f:  # what a write cut short by ENOSPC leaves
+            f.write(b'{"n":2,"seq":2,"ha')
+        monkeypatch.setattr(journal_module, "RECOVERY_ROOM", 1 << 60)
+        assert not journal.recover() and journal.failed  # no room yet
+        monkeypatch.setattr(journal_module, "RECOVERY_ROOM", 0)
+
+        assert journal.recover() and not journal.failed
+        journal.append_sync({"n": 3})
+    assert [r["n"] for r in records(directory)] == [1, 3]
+    assert [r["seq"] for r in records(directory)] == [1, 2]
+    assert breaks(directory) == []
+    assert [p.name for p in directory.glob("*.torn-*")] != []  # set aside, not lost
+
+
 def test_read_lines_numbers_lines_and_skips_blank_ones(tmp_path: Path) -> None:
     path = tmp_path / "x.jsonl"
     path.write_bytes(b'{"a":1}\n\n{"a":2}\n{"a"')

@@ -124,7 +124,7 @@ def test_a_full_record() -> None:
         "upstream_ms": 640.25, "bytes_in": 1234, "bytes_out": 5678,
         "usage": {"input_tokens": 12, "output_tokens": 34}, "spend_usd": 0.000027,
         "credential": {"path": "egressguard/vendors/openai", "version": 3},
-        "checkpoint": None,
+        "websocket": None, "checkpoint": None,
     }
 
 
@@ -134,7 +134,7 @@ def test_a_minimal_record_defaults_to_nulls() -> None:
     assert nulls == ["node", "agent", "team", "token_id", "vendor", "model", "stream", "policy",
                      "rule", "clamps", "limits", "redactions", "response_redactions", "error",
                      "latency_ms", "upstream_ms", "usage", "spend_usd", "credential",
-                     "checkpoint"]
+                     "websocket", "checkpoint"]
     assert (record["kind"], record["decision"], record["bytes_in"], record["bytes_out"]) == (
         "connect", "deny", 0, 0)
 

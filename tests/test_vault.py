@@ -12,6 +12,7 @@ from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
 
 import pytest
+from secret_registry import register
 
 from egressguard.backends.vault import VaultConfig, VaultStore
 from egressguard.core.errors import SecretUnavailable
@@ -29,7 +30,7 @@ PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_pro
 
 
 def fake_key() -> str:
-    return "sk-test-" + secrets.token_hex(16)
+    return register("sk-test-" + secrets.token_hex(16), "vendor key")  # swept at the end
 
 
 def new_location(field: str = FIELD) -> SecretLocation:
@@ -353,3 +354,62 @@ def test_write_returns_increasing_versions(bao: OpenBaoDev, openai: Vendor) -> N
     assert versions == [1, 2, 3]
     secret = run(store.get(openai, where))
     assert (secret.ref.version, secret.reveal_for("api.openai.com")) == (3, keys[-1])
+
+
+# --- token lifetime ----------------------------------------------------------------
+
+READER = 'path "secret/data/*" { capabilities = ["read"] }'
+
+
+def reader_token(bao: OpenBaoDev, **lease: Any) -> str:
+    client = bao.client()
+    client.sys.create_or_update_policy("egressguard-reader", READER)
+    return client.auth.token.create(policies=["egressguard-reader"], **lease)["auth"][
+        "client_token"]
+
+
+async def keep_alive_until(store: VaultStore, done: Any, timeout: float) -> None:
+    keeper = asyncio.ensure_future(store.keep_token_alive())
+    try:
+        deadline = time.monotonic() + timeout
+        while not done() and not keeper.done():
+            assert time.monotonic() < deadline, "timed out"
+            await asyncio.sleep(0.05)
+    finally:
+        keeper.cancel()
+
+
+def test_a_renewable_token_is_renewed_before_it_expires(bao: OpenBaoDev, openai: Vendor
+                                                         ) -> None:
+    key, where = fake_key(), new_location()
+    put(bao, where, key)
+    token = reader_token(bao, ttl="3s", renewable=True, explicit_max_ttl="120s")
+    store = VaultStore(VaultConfig(bao.addr, token=token), ttl=0)
+    started = time.monotonic()
+
+    async def scenario() -> Secret:
+        await keep_alive_until(store, lambda: time.monotonic() - started > 7, timeout=15)
+        return await store.get(openai, where)  # 7s on: the unrenewed token died at 3s
+
+    assert run(scenario()).reveal_for("api.openai.com") == key
+    assert store.token_renewals >= 3
+
+
+def test_a_token_that_cannot_be_renewed_is_announced_then_its_expiry(
+    bao: OpenBaoDev, caplog: pytest.LogCaptureFixture
+) -> None:
+    token = reader_token(bao, ttl="2s", renewable=False)
+    store = VaultStore(VaultConfig(bao.addr, token=token), ttl=0)
+    with caplog.at_level("INFO", logger="egressguard.backends.vault"):
+        run(keep_alive_until(store, lambda: False, timeout=10))  # returns once expired
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("expires in" in m and "cannot be renewed" in m for m in messages)
+    assert "the Vault token has expired or was revoked" in messages[-1]
+    assert caplog.records[-1].levelname == "CRITICAL"
+    assert_hidden(token, *messages)
+
+
+def test_a_root_token_needs_no_renewal(bao: OpenBaoDev) -> None:
+    store = root_store(bao)
+    run(asyncio.wait_for(store.keep_token_alive(), 5))  # returns: nothing to do
+    assert store.token_renewals == 0

@@ -27,6 +27,7 @@ import gzip
 import logging
 import os
 import re
+import shutil
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -117,6 +118,8 @@ def read_records(paths: Iterable[Path]) -> Iterator[dict[str, Any]]:
             yield orjson.loads(line.raw)
 
 
+RECOVERY_ROOM = 1 << 20  # free bytes needed before a failed journal writes again
+
 # fdatasync skips metadata an append does not need (mtime); macOS has only fsync.
 _datasync = getattr(os, "fdatasync", os.fsync)
 
@@ -183,6 +186,32 @@ class Journal:
             self._lock_fd = -1
             raise
         self._open_segment()
+
+    def recover(self) -> bool:
+        """After a failed write (a full disk, say): once there is room again, set the
+        torn end of the segment aside, find where the chain stands and take appends
+        again. False while that cannot be done yet."""
+        if self._failure is None:
+            return True
+        try:
+            room = shutil.disk_usage(self.directory).free
+            if room < RECOVERY_ROOM:
+                return False
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+            found = segments(self.directory)
+            if found:
+                self._recover_from(found)
+                self._segment = found[-1].number + found[-1].compressed
+            self._open_segment()
+        except (OSError, JournalError) as exc:
+            log.error("audit journal still not writable: %s", exc)
+            return False
+        self._failure = None
+        log.warning("audit journal writable again (%s, record %d): serving requests",
+                    self.path.name, self._seq)
+        return True
 
     def close(self) -> None:
         """Commit what is queued, checkpoint the records since the last checkpoint

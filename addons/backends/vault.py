@@ -20,11 +20,15 @@ import hvac
 import hvac.exceptions
 import requests
 
+from egressguard.core import logs
 from egressguard.core.errors import SecretUnavailable
 from egressguard.core.secret import Secret, SecretLocation, SecretRef
 from egressguard.core.vendors import Vendor
 
 log = logging.getLogger(__name__)
+
+TOKEN_RENEW_AT = 2 / 3  # of a token's remaining TTL: renewed with a third still left
+TOKEN_RETRY = 10.0  # seconds between tries while Vault does not answer
 
 
 class SecretStore(Protocol):
@@ -52,6 +56,8 @@ class VaultConfig:
             raise SecretUnavailable("VAULT_ADDR is not set; point it at Vault or start "
                                     "with `egressguard run --local-vault`",
                                     reason="vault_unconfigured")
+        logs.register_secret(env.get("VAULT_TOKEN"), "VAULT_TOKEN")
+        logs.register_secret(env.get("VAULT_SECRET_ID"), "VAULT_SECRET_ID")
         return cls(addr=addr, token=env.get("VAULT_TOKEN"), role_id=env.get("VAULT_ROLE_ID"),
                    secret_id=env.get("VAULT_SECRET_ID"), namespace=env.get("VAULT_NAMESPACE"),
                    ca_cert=env.get("VAULT_CACERT"), timeout=timeout)
@@ -69,6 +75,7 @@ class VaultStore:
         # AppRole: no token until the first login; a static token never expires here
         self._token_expires = 0.0 if config.role_id else float("inf")
         self._clients: list[hvac.Client] = []
+        self.token_renewals = 0
 
     async def get(self, vendor: Vendor, where: SecretLocation) -> Secret:
         hit = self._cache.get(where)
@@ -129,7 +136,57 @@ class VaultStore:
         if not isinstance(value, str) or not value:
             raise self._unavailable(what, where, f"the secret has no {where.field!r} field",
                                     "secret_missing")
+        logs.register_secret(value, "VENDOR_KEY" if what == "vendor key" else "SECRET")
         return value, data.get("metadata", {}).get("version")
+
+    async def keep_token_alive(self) -> None:
+        """Renew a static token before it expires, for as long as Vault allows; warn
+        about one that cannot be renewed while there is time to replace it. Runs for
+        the proxy's life. AppRole tokens need none of this: a fresh login is made
+        before the lease ends."""
+        if self.config.role_id or not self._token:
+            return
+        renew = False
+        while True:
+            try:
+                ttl, renewable = await asyncio.to_thread(self._token_lease, renew)
+            except SecretUnavailable as err:
+                if err.reason == "vault_token_expired":
+                    log.critical("%s", err.message)
+                    return
+                log.error("cannot check the Vault token's lifetime: %s", err.message)
+                await asyncio.sleep(TOKEN_RETRY)
+                continue
+            if ttl <= 0:
+                return  # the token never expires
+            if renew:
+                self.token_renewals += 1
+                log.info("renewed the Vault token: valid for %ds more", ttl)
+            if not renewable:
+                log.warning("the Vault token expires in %ds and cannot be renewed: give the "
+                            "proxy a renewable token or an AppRole before then", ttl)
+            renew = renewable
+            await asyncio.sleep(max(ttl * TOKEN_RENEW_AT, 1.0))
+
+    def _token_lease(self, renew: bool) -> tuple[int, bool]:
+        """(seconds left, renewable) of the static token, renewing it first if asked."""
+        try:
+            client = self._client()
+            if renew:
+                auth = client.auth.token.renew_self()["auth"]
+                return int(auth.get("lease_duration") or 0), bool(auth.get("renewable"))
+            data = client.auth.token.lookup_self()["data"]
+            if not data.get("expire_time"):
+                return 0, False  # never expires (a root token, a token without TTL)
+            return max(int(data.get("ttl") or 0), 1), bool(data.get("renewable"))
+        except hvac.exceptions.Forbidden:
+            raise SecretUnavailable(
+                "the Vault token has expired or was revoked: every request needing a key "
+                "is refused until the proxy is given a new one (VAULT_TOKEN, or AppRole)",
+                reason="vault_token_expired") from None
+        except (requests.RequestException, hvac.exceptions.VaultError) as exc:
+            raise SecretUnavailable(f"Vault at {self.config.addr} did not answer "
+                                    f"({type(exc).__name__})", reason="vault_unreachable") from None
 
     def write(self, where: SecretLocation, value: str) -> int:
         """Store a key (KV v2); returns the new version. For the CLI."""
@@ -178,6 +235,7 @@ class VaultStore:
                                             f"failed ({type(exc).__name__})",
                                             reason="vault_login_failed") from None
                 self._token = auth["client_token"]
+                logs.register_secret(self._token, "VAULT_TOKEN")
                 lease = auth.get("lease_duration") or 0
                 self._token_expires = time.monotonic() + lease if lease else float("inf")
             return self._token

@@ -75,6 +75,28 @@ class RequestTooLarge(EgressError):
     kind = "request_too_large"
 
 
+class HeadersTooLarge(EgressError):
+    """The request head has more header fields, or bytes, than egressguard accepts."""
+
+    status = 431
+    kind = "invalid_request_error"
+
+
+class RequestTimedOut(EgressError):
+    """The agent did not send its request (head or body) in time: a slow client."""
+
+    status = 408
+    kind = "invalid_request_error"
+
+
+class AnswerRefused(EgressError):
+    """The vendor's answer cannot be inspected (too large once decoded, malformed), so
+    it is not passed on."""
+
+    status = 502
+    kind = "api_error"
+
+
 class LimitExceeded(EgressError):
     """A rate limit or budget is used up; `retry_after` seconds until it frees up."""
 
@@ -108,7 +130,8 @@ def _anthropic(err: EgressError) -> dict[str, object]:
 
 _GOOGLE_STATUS = {
     400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
-    407: "UNAUTHENTICATED", 413: "INVALID_ARGUMENT", 429: "RESOURCE_EXHAUSTED",
+    407: "UNAUTHENTICATED", 408: "DEADLINE_EXCEEDED", 413: "INVALID_ARGUMENT",
+    429: "RESOURCE_EXHAUSTED", 431: "INVALID_ARGUMENT", 502: "UNAVAILABLE",
     503: "UNAVAILABLE",
 }
 

@@ -36,7 +36,9 @@ _SEVERITY = {"info": (1, "Informational", 1), "low": (2, "Low", 3),
 # OCSF API Activity activity_id by HTTP method; anything else is 99 Other
 _ACTIVITY = {"POST": (1, "Create"), "GET": (2, "Read"), "HEAD": (2, "Read"),
              "PUT": (3, "Update"), "PATCH": (3, "Update"), "DELETE": (4, "Delete")}
-_OTHER_ACTIVITY = {"connect": "Connect", "policy": "Policy Load", "checkpoint": "Checkpoint"}
+_OTHER_ACTIVITY = {"connect": "Connect", "policy": "Policy Load", "checkpoint": "Checkpoint",
+                   "clock": "Clock Jump"}
+_OWN_KINDS = ("policy", "checkpoint", "clock")  # egressguard's own doings, no agent in them
 
 
 @cache
@@ -88,6 +90,8 @@ def summary(record: Record) -> str:
     if kind == "policy":
         done = "loaded" if record["decision"] == "allow" else "refused"
         return f"policy {done}: {record['path']}"
+    if kind == "clock":
+        return f"wall clock jumped: {record['message']}"
     return f"journal checkpoint ({(record['checkpoint'] or {}).get('reason')})"
 
 
@@ -156,7 +160,7 @@ def _ocsf_metadata(r: Record) -> Doc:
 
 
 def _ocsf_actor(r: Record) -> Doc:
-    if r["kind"] in ("policy", "checkpoint"):
+    if r["kind"] in _OWN_KINDS:
         return {"app_name": PRODUCT}  # egressguard acted on its own
     if r["agent"] is None:  # refused before anyone was identified
         return {"user": {"type_id": 0, "type": "Unknown"}}
@@ -167,7 +171,8 @@ def _ocsf_actor(r: Record) -> Doc:
 
 def _ocsf_api(r: Record) -> Doc:
     operation = {"request": f"{r['method']} {r['path']}", "connect": r["method"],
-                 "policy": "load policy", "checkpoint": "checkpoint"}[r["kind"]]
+                 "policy": "load policy", "checkpoint": "checkpoint",
+                 "clock": "clock jump"}[r["kind"]]
     return present({"operation": operation, "service": present({"name": r["vendor"]}),
                     "request": {"uid": r["id"]}}) or {}
 
@@ -206,8 +211,8 @@ def _ocsf_resources(r: Record) -> list[Doc] | None:
 
 _OCSF_UNMAPPED = ("schema", "kind", "node", "decision", "rule", "policy", "model",
                   "stream", "clamps", "limits", "redactions", "response_redactions",
-                  "error", "usage", "spend_usd", "credential", "checkpoint", "prev_hash",
-                  "hash")
+                  "error", "usage", "spend_usd", "credential", "websocket", "checkpoint",
+                  "prev_hash", "hash")
 
 
 def _ocsf_unmapped(r: Record) -> Doc | None:
@@ -244,9 +249,11 @@ def ecs(record: Record) -> Doc:
 # event.category and the event.type of each kind (ECS categorization allowed values)
 _ECS_CATEGORY = {"request": (("api", "web"), "access"), "connect": (("network",), "connection"),
                  "policy": (("configuration",), "change"),
-                 "checkpoint": (("configuration",), "info")}
+                 "checkpoint": (("configuration",), "info"),
+                 "clock": (("host",), "change")}
 _ECS_ACTION = {"request": "egress-request", "connect": "egress-connect",
-               "policy": "policy-load", "checkpoint": "journal-checkpoint"}
+               "policy": "policy-load", "checkpoint": "journal-checkpoint",
+               "clock": "clock-jump"}
 
 
 def _ecs_destination(r: Record) -> Doc | None:
@@ -309,7 +316,7 @@ def _ecs_related(r: Record, ip: str | None) -> Doc | None:
 
 _ECS_OWN = ("schema", "kind", "decision", "token_id", "stream", "policy", "clamps", "limits",
             "redactions", "response_redactions", "latency_ms", "upstream_ms",
-            "spend_usd", "credential", "checkpoint", "prev_hash")
+            "spend_usd", "credential", "websocket", "checkpoint", "prev_hash")
 
 
 def _ecs_egressguard(r: Record) -> Doc | None:
@@ -397,6 +404,7 @@ def _custom(r: Record) -> dict[str, Any]:
         "egressguardStream": r["stream"], "egressguardError": r["error"],
         "egressguardResponseRedactions": counts(r["response_redactions"]),
         "egressguardClamps": _json(r["clamps"]), "egressguardLimits": _json(r["limits"]),
+        "egressguardWebsocket": _json(r.get("websocket")),
         "egressguardCheckpointReason": checkpoint.get("reason"),
         "egressguardCheckpointSegment": checkpoint.get("segment"),
         "egressguardCheckpointFirstSeq": checkpoint.get("first_seq"),

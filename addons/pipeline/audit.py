@@ -15,6 +15,7 @@ import logging
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 from mitmproxy import ctx, exceptions, http
 
@@ -111,6 +112,7 @@ class Audit:
         self.retention = housekeeping.Retention()
         self.health = housekeeping.Health()
         self._housekeeper: asyncio.Task[None] | None = None
+        self.clock = ClockWatch()
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
         loader.add_option("egressguard_journal", str, "",
@@ -216,6 +218,14 @@ class Audit:
         journal = self.journal
         if journal is None:
             return
+        if journal.failed:  # room again after a full disk? (it says so itself)
+            journal.recover()
+        if (jump := self.clock.jumped()) is not None:
+            message = f"by {jump:+.0f}s (now {records.rfc3339(time.time())})"
+            log.warning("the wall clock jumped %s: record times, token expiry and limit "
+                        "windows follow the new time; the journal's order and chain do not "
+                        "depend on it", message)
+            await self._own_event("clock", "clock_jump", message)
         try:
             health = await asyncio.to_thread(housekeeping.run, journal.directory,
                                              journal.segment, self.sinks, self.retention)
@@ -265,19 +275,40 @@ class Audit:
     async def error(self, flow: http.HTTPFlow) -> None:
         await self._write(flow)
 
-    async def policy_event(self, source: str, digest: str | None, loaded: bool,
-                           message: str) -> None:
-        """Record a policy (re)load, or a reload refused because the file is invalid."""
-        assert self.journal is not None
-        f = records.RequestFacts(
-            id=records.new_id(), started=time.time(), client="", method="", host="",
-            path=source, kind="policy", decision="allow" if loaded else "deny",
-            reason="policy_loaded" if loaded else "policy_invalid", policy=digest,
-            message=message, node=self.journal.node)
+    async def websocket_end(self, flow: http.HTTPFlow) -> None:
+        """A WebSocket session's second record, with its frame and redaction counts,
+        linked to its upgrade's record (`realtime.Session.summarise`). The session is
+        over: a journal that cannot take it can only be reported."""
+        session = flow.metadata.get(flowstate.WEBSOCKET)
+        if session is None or self.journal is None:
+            return
+        f = facts(flow)
+        f.id, f.node = records.new_id(), self.journal.node
+        session.summarise(f, upgrade_id=flowstate.begin(flow))
         try:
             await self.journal.append(records.build(f))
         except JournalError as exc:
-            log.critical("audit record of a policy reload not written: %s", exc)
+            log.critical("audit record of the close of WebSocket session %s not written: %s",
+                         flowstate.begin(flow), exc)
+
+    async def policy_event(self, source: str, digest: str | None, loaded: bool,
+                           message: str) -> None:
+        """Record a policy (re)load, or a reload refused because the file is invalid."""
+        await self._own_event("policy", "policy_loaded" if loaded else "policy_invalid",
+                              message, decision="allow" if loaded else "deny", path=source,
+                              policy=digest)
+
+    async def _own_event(self, kind: str, reason: str, message: str, **facts: Any) -> None:
+        """Record something egressguard itself did or saw (no agent in it)."""
+        assert self.journal is not None
+        f = records.RequestFacts(
+            id=records.new_id(), started=time.time(), client="", method="", host="",
+            path=facts.pop("path", ""), kind=kind, decision=facts.pop("decision", "allow"),
+            reason=reason, message=message, node=self.journal.node, **facts)
+        try:
+            await self.journal.append(records.build(f))
+        except JournalError as exc:
+            log.critical("audit record of a %s event not written: %s", kind, exc)
 
     def _down(self) -> EgressError:
         return _journal_down(self.journal.full if self.journal else None)
@@ -298,6 +329,23 @@ class Audit:
             log.critical("audit record for %s not written: %s", flowstate.begin(flow), exc)
             return False
         return True
+
+
+class ClockWatch:
+    """Notices the wall clock stepping (NTP correcting a drifted clock, a VM resumed, an
+    operator's `date -s`): the monotonic clock does not step, so their difference
+    changes by the size of the jump."""
+
+    TOLERANCE = 2.0  # seconds: slewing and scheduling noise stay below
+
+    def __init__(self) -> None:
+        self._offset = time.time() - time.monotonic()
+
+    def jumped(self) -> float | None:
+        """Seconds the wall clock jumped since the last call, or None."""
+        offset = time.time() - time.monotonic()
+        jump, self._offset = offset - self._offset, offset
+        return jump if abs(jump) > self.TOLERANCE else None
 
 
 def _replace(path: Path, text: str) -> None:

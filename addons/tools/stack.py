@@ -102,7 +102,8 @@ class Stack:
         self._replicas.append(other)
         return other
 
-    def start_proxy(self, timeout: float = 30.0) -> None:
+    def start_proxy(self, timeout: float = 30.0, env: dict[str, str] | None = None) -> None:
+        """Start (again) the proxy; `env` overrides its Vault settings."""
         mapping = [f"{host}=127.0.0.1:{self.vendor_port}" for host in VENDOR_HOSTS
                    if host != "localhost"]
         args = [sys.executable, "-m", "egressguard.cli", "run", "--quiet",
@@ -112,7 +113,8 @@ class Stack:
                 *[a for m in mapping for a in ("--upstream-map", m)],
                 # always given, so an EGRESSGUARD_LIMITS_STORE around us does not count
                 "--limits-store", self.limits_store, *self.proxy_args]
-        env = {"VAULT_ADDR": self.vault.addr, "VAULT_TOKEN": self.vault.root_token}
+        env = {"VAULT_ADDR": self.vault.addr, "VAULT_TOKEN": self.vault.root_token,
+               **(env or {})}
         self._proxy = spawn(args, log=self.proxy_log, cwd=self.workdir, env=env)
         proc = self._proxy
 
@@ -137,6 +139,13 @@ class Stack:
         if self._proxy is None or self._proxy.poll() is not None:
             raise RuntimeError(f"the proxy is not running:\n{self.proxy_output()}")
         self._proxy.send_signal(sig)
+
+    @property
+    def proxy_pid(self) -> int:
+        """The running proxy's process id (e.g. to read its memory use)."""
+        if self._proxy is None or self._proxy.poll() is not None:
+            raise RuntimeError(f"the proxy is not running:\n{self.proxy_output()}")
+        return self._proxy.pid
 
     @property
     def proxy_log(self) -> Path:

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 import anthropic
 import openai
 import pytest
+from secret_registry import register
 
 from egressguard.tools.stack import Stack
 
@@ -16,8 +17,9 @@ AnthropicFactory = Callable[..., anthropic.Anthropic]
 
 
 def fake_key(prefix: str = "sk-test-") -> str:
-    """A key-shaped value made at run time (nothing key-like is committed)."""
-    return prefix + secrets.token_hex(16)
+    """A key-shaped value made at run time (nothing key-like is committed); the secret
+    sweep looks for it in every log and record at the end of the session."""
+    return register(prefix + secrets.token_hex(16), "vendor key")
 
 
 @pytest.fixture(autouse=True)

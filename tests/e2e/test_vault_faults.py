@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import openai
 import pytest
 
+from egressguard.core.policy import load as load_policy
 from egressguard.tools.procs import wait_until
 from egressguard.tools.stack import Stack
 from tests.e2e.conftest import OpenAIFactory, fake_key, headers_of
@@ -82,12 +83,84 @@ def test_vault_down_is_a_clear_503_and_recovery_is_automatic(
     stack.vault.start()  # dev storage is in memory: the operator stores the key again
     stack.put_key("openai", key)
 
-    def recovered() -> bool:
+    wait_until(lambda: serves(client), timeout=10,
+               what="requests to succeed after Vault returned")
+    assert injected(stack) == f"Bearer {key}"
+
+
+def serves(client: openai.OpenAI) -> bool:
+    """One request answered; a 5xx (Vault still away) is False."""
+    try:
+        client.chat.completions.create(model="gpt-4o", messages=HELLO)
+    except openai.InternalServerError:
+        return False
+    return True
+
+
+def refusal(client: openai.OpenAI) -> openai.APIStatusError:
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.chat.completions.create(model="gpt-4o", messages=HELLO)
+    return caught.value
+
+
+def test_a_deleted_key_is_a_clear_503_once_the_cached_copy_expires(
+    stack: Stack, openai_client: OpenAIFactory
+) -> None:
+    key = fake_key()
+    stack.put_key("openai", key)
+    client = openai_client(api_key=stack.token("deleted"))
+    client.chat.completions.create(model="gpt-4o", messages=HELLO)
+    where = load_policy(stack.policy).secrets.location_for("openai", None, None)
+    stack.vault.client().secrets.kv.v2.delete_latest_version_of_secret(
+        where.path, mount_point=where.mount)
+
+    def refused() -> bool:
         try:
             client.chat.completions.create(model="gpt-4o", messages=HELLO)
         except openai.InternalServerError:
-            return False
-        return True
+            return True
+        return False
 
-    wait_until(recovered, timeout=10, what="requests to succeed after Vault returned")
+    wait_until(refused, timeout=TTL + 5, what="the deleted key to stop being used")
+    err = refusal(client)
+    assert err.status_code == 503
+    assert "no key stored there; store one with `egressguard secrets put openai`" in str(err)
+    assert key not in str(err)
+    assert stack.records()[-1]["reason"] == "secret_missing"
+
+
+def test_a_token_without_read_access_is_a_clear_503(
+    stack: Stack, openai_client: OpenAIFactory
+) -> None:
+    stack.put_key("openai", fake_key())
+    weak = stack.vault.client().auth.token.create(policies=["default"])["auth"]["client_token"]
+    stack.stop_proxy()
+    try:
+        stack.start_proxy(env={"VAULT_TOKEN": weak})
+        err = refusal(openai_client(api_key=stack.token("denied")))
+        assert err.status_code == 503
+        assert "permission denied; grant the proxy's Vault token read access" in str(err)
+        assert stack.records()[-1]["reason"] == "vault_forbidden"
+        assert weak not in stack.proxy_output()
+    finally:
+        stack.stop_proxy()
+        stack.start_proxy()
+
+
+def test_vault_down_at_start_serves_as_soon_as_vault_is_back(
+    stack: Stack, openai_client: OpenAIFactory
+) -> None:
+    stack.stop_proxy()
+    stack.vault.stop()
+    stack.start_proxy()  # starts all the same: Vault is asked per request, not at start
+    client = openai_client(api_key=stack.token("early"))
+    err = refusal(client)
+    assert err.status_code == 503 and "did not answer" in str(err)
+    assert stack.records()[-1]["reason"] == "vault_unreachable"
+
+    stack.vault.start()
+    key = fake_key()
+    stack.put_key("openai", key)
+
+    wait_until(lambda: serves(client), timeout=10, what="requests to succeed once Vault is up")
     assert injected(stack) == f"Bearer {key}"
