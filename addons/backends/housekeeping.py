@@ -22,6 +22,7 @@ from pathlib import Path
 
 from egressguard.backends import cursors
 from egressguard.backends.journal import Segment, segments
+from egressguard.core.metrics import number
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +138,8 @@ def prometheus(health: Health, node: str | None, seq: int) -> str:
 
     def gauge(name: str, what: str, samples: list[tuple[str, float]]) -> None:
         lines.extend((f"# HELP {name} {what}", f"# TYPE {name} gauge"))
-        lines.extend(f"{name}{{{labels}}} {value:g}" for labels, value in samples)
+        # not :g, whose 6 digits turn a timestamp or a seq past a million into a guess
+        lines.extend(f"{name}{{{labels}}} {number(value)}" for labels, value in samples)
 
     gauge("egressguard_journal_bytes", "Bytes in the audit journal's files.",
           [(label, health.bytes)])

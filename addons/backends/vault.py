@@ -13,7 +13,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import hvac
@@ -33,6 +33,33 @@ TOKEN_RETRY = 10.0  # seconds between tries while Vault does not answer
 
 class SecretStore(Protocol):
     async def get(self, vendor: Vendor, where: SecretLocation) -> Secret: ...
+
+
+# Reasons that say Vault itself did not answer, rather than answered "no".
+DOWN_REASONS = frozenset({"vault_unreachable", "vault_timeout", "vault_sealed",
+                          "vault_token_expired", "vault_login_failed"})
+
+
+@dataclass
+class StoreStats:
+    """What the store has seen, for metrics and readiness. Updated on the event loop
+    only (never from the worker threads that call Vault), so plain ints suffice."""
+
+    cache_hits: int = 0
+    cache_misses: int = 0  # keys not served from the cache (read, or joined a read)
+    errors: dict[str, int] = field(default_factory=dict)  # failed Vault calls, by reason
+    up: bool | None = None  # did Vault answer the last call; None: not asked yet
+    down_reason: str | None = None
+    last_answer: float = 0.0  # epoch seconds of Vault's last answer
+
+    def outcome(self, reason: str | None) -> None:
+        """One Vault call ended: None when it succeeded, else its error's reason."""
+        if reason is not None:
+            self.errors[reason] = self.errors.get(reason, 0) + 1
+        self.up = reason not in DOWN_REASONS
+        self.down_reason = None if self.up else reason
+        if self.up:
+            self.last_answer = time.time()
 
 
 @dataclass(frozen=True)
@@ -76,11 +103,14 @@ class VaultStore:
         self._token_expires = 0.0 if config.role_id else float("inf")
         self._clients: list[hvac.Client] = []
         self.token_renewals = 0
+        self.stats = StoreStats()
 
     async def get(self, vendor: Vendor, where: SecretLocation) -> Secret:
         hit = self._cache.get(where)
         if hit is not None and time.monotonic() - hit[1] < self.ttl:
+            self.stats.cache_hits += 1
             return hit[0]
+        self.stats.cache_misses += 1
         task = self._inflight.get(where)
         if task is None:
             task = self._inflight[where] = asyncio.ensure_future(self._fetch(vendor, where))
@@ -100,7 +130,22 @@ class VaultStore:
     def _fetched(self, where: SecretLocation, task: asyncio.Future[Secret]) -> None:
         del self._inflight[where]
         if not task.cancelled():
-            task.exception()  # retrieved here too, in case every waiter went away
+            # retrieved here too, in case every waiter went away
+            if (err := task.exception()) is None or isinstance(err, SecretUnavailable):
+                self.stats.outcome(err.reason if err else None)
+
+    async def ping(self) -> None:
+        """Ask Vault about our own token (lookup-self), for readiness; the outcome is
+        in `stats`."""
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self._token_lease, False),
+                                   self.config.timeout + 1.0)
+        except TimeoutError:
+            self.stats.outcome("vault_timeout")
+        except SecretUnavailable as err:
+            self.stats.outcome(err.reason)
+        else:
+            self.stats.outcome(None)
 
     def read(self, vendor: Vendor, where: SecretLocation) -> Secret:
         """Blocking read of the key at `where` (called in a worker thread)."""

@@ -32,6 +32,8 @@ class PolicyLoader:
         self._seen: tuple[tuple[int, int, int] | None, ...] = ()
         self._watcher: asyncio.Task[None] | None = None
         self._reloading = asyncio.Lock()
+        self.reloads = {"success": 0, "failure": 0}  # for metrics
+        self.reload_failing = False  # the file on disk is invalid (the last good one rules)
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
         loader.add_option("egressguard_policy", str, "", "Policy file (YAML, version 1).")
@@ -76,16 +78,20 @@ class PolicyLoader:
                 if self._stat(self.policy) != before:
                     return False  # caught mid-write: the next poll reads the finished file
                 self._seen = before
+                self.reloads["failure"] += 1
+                self.reload_failing = True
                 log.error("policy %s NOT reloaded (%s): the last good policy (sha256 %s) "
                           "stays in force. Problems:\n%s", self.path, why,
                           self.policy.digest[:12], exc)
                 await self._audit(False, str(exc), _digest_of(self.path))
                 return False
             self._seen = before
+            self.reload_failing = False
             if _version(new) == _version(self.policy):
                 return True
             what = "" if new.digest != self.policy.digest else "the price table changed, "
             self._swap(new)
+            self.reloads["success"] += 1
             log.info("policy %s reloaded (%s%s): sha256 %s", self.path, what, why,
                      new.digest[:12])
             await self._audit(True, f"reloaded ({what}{why})", new.digest)
@@ -103,6 +109,7 @@ class PolicyLoader:
                 if self._stat(self.policy) != self._seen:
                     await self.reload("file changed")
             except Exception:  # noqa: BLE001 - the watcher must outlive any one reload
+                self.reloads["failure"] += 1
                 log.exception("policy reload failed; the last good policy stays in force")
 
     def _stat(self, loaded: policy.Policy | None) -> tuple[tuple[int, int, int] | None, ...]:
