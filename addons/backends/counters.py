@@ -13,13 +13,9 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Awaitable, Sequence
+from types import ModuleType
 from typing import Protocol, TypeVar
 from urllib.parse import urlsplit
-
-import redis.asyncio
-import redis.exceptions
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from egressguard.core import limits
 from egressguard.core.errors import EgressError
@@ -66,6 +62,15 @@ def counters_from_url(url: str | None) -> Counters:
         return RedisCounters(url)
     except ValueError as exc:  # redis-py's own parsing: a bad port or option
         raise ValueError(f"{redact(url)!r}: {exc}") from None
+
+
+def _redis() -> ModuleType:
+    """redis-py, imported with the first Redis counters: it takes a quarter of a second,
+    and imports OpenTelemetry's metrics SDK whenever that is installed."""
+    import redis.asyncio
+    import redis.exceptions
+
+    return redis
 
 
 def redact(url: str) -> str:
@@ -196,6 +201,10 @@ class RedisCounters:
         self.address = redact(url)
         self.prefix = prefix
         self.timeout = timeout
+        redis = _redis()
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
         self._redis = redis.asyncio.Redis.from_pool(
             redis.asyncio.BlockingConnectionPool.from_url(
                 url, max_connections=self.MAX_CONNECTIONS, timeout=None,  # _call's timeout
@@ -256,10 +265,12 @@ class RedisCounters:
         try:
             async with asyncio.timeout(self.timeout):  # the whole call, connecting included
                 return await call
-        except (redis.exceptions.RedisError, OSError) as exc:  # TimeoutError is an OSError
+        # (the except clause is evaluated only when something was raised)
+        except (_redis().exceptions.RedisError, OSError) as exc:  # TimeoutError is an OSError
             raise CountersUnavailable(self._explain(exc), reason="limits_unavailable") from exc
 
     def _explain(self, exc: Exception) -> str:
+        redis = _redis()
         if isinstance(exc, TimeoutError | redis.exceptions.TimeoutError):
             what = f"did not answer within {self.timeout:g} s"
         elif isinstance(exc, redis.exceptions.AuthenticationError

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -79,8 +80,8 @@ def facts(flow: http.HTTPFlow) -> records.RequestFacts:
         f.bytes_out = tap.bytes if tap else len(resp.raw_content or b"")
         if refusal is None and resp.timestamp_start and req.timestamp_end:
             f.upstream_ms = round((resp.timestamp_start - req.timestamp_end) * 1000, 3)
-    if flow.error is not None:
-        f.error = flow.error.msg
+    if flow.error is not None:  # a flow shutdown cut off says so (not "client disconnected")
+        f.error = meta.get(flowstate.SHUTDOWN_CUT) or flow.error.msg
     if usage is not None:
         f.usage = usage.as_record()
         prices = policy.prices if policy is not None else None
@@ -103,6 +104,8 @@ _HOUSEKEEPING_OPTIONS = {
     "egressguard_journal_when_full"}
 HOUSEKEEPING_EVERY = 5.0  # seconds between passes
 METRICS_FILE = "egressguard.prom"  # for node exporter's textfile collector
+# told of every request record once its write ended: (flow, facts, written to disk)
+Listener = Callable[[http.HTTPFlow, records.RequestFacts, bool], None]
 
 
 class Audit:
@@ -113,6 +116,7 @@ class Audit:
         self.health = housekeeping.Health()
         self._housekeeper: asyncio.Task[None] | None = None
         self.clock = ClockWatch()
+        self.listeners: list[Listener] = []  # e.g. pipeline/metrics.py
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
         loader.add_option("egressguard_journal", str, "",
@@ -323,12 +327,18 @@ class Audit:
         f.node = self.journal.node
         try:
             await self.journal.append(records.build(f))
+            written = True
         except JournalFull:
-            return False  # said loudly by housekeeping, not once per request
+            written = False  # said loudly by housekeeping, not once per request
         except JournalError as exc:
             log.critical("audit record for %s not written: %s", flowstate.begin(flow), exc)
-            return False
-        return True
+            written = False
+        for listener in self.listeners:
+            try:
+                listener(flow, f, written)
+            except Exception:  # noqa: BLE001 - the record is written: the request goes on
+                log.exception("audit listener %r failed", listener)
+        return written
 
 
 class ClockWatch:

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from mitmproxy import http
 
-from egressguard.core import records
+from egressguard.core import logs, records
 from egressguard.core.errors import EgressError, InternalFailure, vendor_error_body
 from egressguard.core.vendors import Vendor
 
@@ -43,6 +43,7 @@ REIDENTIFY = "egressguard.reidentify"  # (Reidentifier, json_output): pseudonyms
 ANSWER_MASK = "egressguard.answer_mask"  # answers.SecretMask: secrets masked in the answer
 AUDITED = "egressguard.audited"
 WEBSOCKET = "egressguard.websocket"  # realtime.Session of a WebSocket session, for its close record
+SHUTDOWN_CUT = "egressguard.shutdown_cut"  # why shutdown cut the flow off (its record's error)
 
 REQUEST_ID_HEADER = "x-egressguard-request-id"
 
@@ -99,6 +100,11 @@ def fail_closed(hook: Hook) -> Hook:
     mitmproxy logs a hook's exception and carries on, which for us would forward a
     request without its key swap, identity check or audit record. Instead the flow
     is answered with a 500 (or, once a streamed response has started, cut off).
+
+    Lines logged while the hook runs carry the flow's request id (the id of its audit
+    record): `logs.REQUEST_ID` is set around the call. mitmproxy runs each hook in a
+    task of its own, so the value cannot leak into another flow's hooks, and tasks the
+    hook starts (a background settle, a worker thread) inherit it.
     """
 
     def failed(flow: http.HTTPFlow) -> None:
@@ -114,18 +120,24 @@ def fail_closed(hook: Hook) -> Hook:
     if inspect.iscoroutinefunction(hook):
         @functools.wraps(hook)
         async def guarded_async(self: object, flow: http.HTTPFlow) -> None:
+            token = logs.REQUEST_ID.set(flow.metadata.get(REQUEST_ID) or begin(flow))
             try:
                 await hook(self, flow)
             except Exception:  # noqa: BLE001 - every failure must refuse, see above
                 failed(flow)
+            finally:
+                logs.REQUEST_ID.reset(token)
 
         return guarded_async  # type: ignore[return-value]
 
     @functools.wraps(hook)
     def guarded(self: object, flow: http.HTTPFlow) -> None:
+        token = logs.REQUEST_ID.set(flow.metadata.get(REQUEST_ID) or begin(flow))
         try:
             hook(self, flow)
         except Exception:  # noqa: BLE001 - every failure must refuse, see above
             failed(flow)
+        finally:
+            logs.REQUEST_ID.reset(token)
 
     return guarded  # type: ignore[return-value]

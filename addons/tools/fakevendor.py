@@ -6,10 +6,11 @@ official SDKs to parse its replies, records every request it receives, and serve
 certificate (from `make_pki`) covering every vendor host name, so a proxy can route to
 it with an upstream map while keeping the real SNI and Host. The request's `model`
 drives test behaviour: `slow-stream`, `echo-headers`, `echo` (answers with the last
-message's text), `error-500`. `POST /_fake/reply {"text": ..., "chunk": N}` makes every
-other model answer with that text (streamed N characters per event), as a vendor
-whose model writes out what it should not; `POST /_fake/reset` forgets it. A
-WebSocket upgrade to `/v1/realtime` is an OpenAI Realtime session (`fakerealtime`).
+message's text), `error-500`. `POST /_fake/reply {"text": ..., "chunk": N, "delay": S}`
+makes every other model answer with that text (streamed N characters per event, S
+seconds apart), as a vendor whose model writes out what it should not;
+`POST /_fake/reset` forgets it. A WebSocket upgrade to `/v1/realtime` is an OpenAI
+Realtime session (`fakerealtime`).
 
     python -m egressguard.tools.fakevendor --listen 127.0.0.1:0 --pki-dir DIR
 """
@@ -206,6 +207,7 @@ class Script:
 
     text: str
     chunk: int | None = None  # characters per streamed event; None: a word each
+    delay: float = 0.0  # seconds between streamed events
 
 
 @dataclass
@@ -364,7 +366,8 @@ def _sse(data: object, event: str | None = None, eol: str = "\n") -> bytes:
 
 
 def _stream(call: _Call, events: list[bytes]) -> Reply:
-    delay = SLOW_STREAM_DELAY if call.model == "slow-stream" else 0.0
+    delay = SLOW_STREAM_DELAY if call.model == "slow-stream" else \
+        call.script.delay if call.script is not None else 0.0
     return Reply(200, events=events, content_type="text/event-stream", delay=delay)
 
 
@@ -574,9 +577,11 @@ class FakeVendor:
         if (req.method, req.path) == ("POST", "/_fake/reply"):
             try:
                 spec = json.loads(req.body)
-                self.script = Script(str(spec["text"]), spec.get("chunk"))
+                self.script = Script(str(spec["text"]), spec.get("chunk"),
+                                     float(spec.get("delay") or 0.0))
             except (ValueError, KeyError, TypeError) as exc:
-                return _json(400, {"error": f"expected {{\"text\": ..., \"chunk\": N}}: {exc}"})
+                return _json(400, {"error": f"expected {{\"text\": ..., \"chunk\": N, "
+                                            f"\"delay\": SECONDS}}: {exc}"})
             return _json(200, {"ok": True})
         return _json(404, {"error": f"no control endpoint {req.method} {req.path}"})
 
