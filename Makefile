@@ -38,15 +38,18 @@ $(STAMP): pyproject.toml deploy/requirements.lock
 # change to pyproject.toml's dependencies; commit deploy/requirements.lock.
 lock: $(STAMP)
 	$(PY) -m pip install -q 'uv>=0.5'
-	$(VENV)/bin/uv pip compile pyproject.toml --generate-hashes --python-version 3.12 \
+	$(VENV)/bin/uv pip compile pyproject.toml --extra otel --generate-hashes --python-version 3.12 \
 	    --python-platform linux --custom-compile-command "make lock" \
 	    -o deploy/requirements.lock
 
 # Debian packages: curl is an agent in the tests, hey drives the benchmark, redis-server
-# and rsyslogd are real servers the tests start, faketime steps the proxy's wall clock.
+# and rsyslogd are real servers the tests start, haproxy balances the replicas test,
+# faketime steps the proxy's wall clock, node (with npm) and a JDK run docs/agents.md's
+# Node and Java agents.
 # TOOLS are commands (PACKAGE:COMMAND where the names differ; /usr/sbin is searched
 # too), FILES are PACKAGE:GLOB for plugins and libraries.
-test-deps: ; @$(MAKE) -s debs TOOLS="curl redis-server rsyslog:rsyslogd chromium" \
+test-deps: ; @$(MAKE) -s debs TOOLS="curl redis-server rsyslog:rsyslogd haproxy chromium \
+	nodejs:node npm default-jdk-headless:javac" \
 	FILES="rsyslog-gnutls:/usr/lib/*/rsyslog/lmnsd_gtls.so \
 	libfaketime:/usr/lib/*/faketime/libfaketime.so.1"
 bench-deps: ; @$(MAKE) -s debs TOOLS="curl hey redis-server"

@@ -9,7 +9,8 @@ value.
 
 Not read, each for its reason (SKIPPED): what the fake vendor received (it plays the
 vendor, which gets the real key by design), key material and certificates, the local
-OpenBao's own credential and storage files (a secret store holds secrets), binary
+OpenBao's own credential and storage files (a secret store holds secrets), credential
+files the deploy scripts hand to processes (AppRole IDs, an agent's token), binary
 caches of journals that are read themselves, browser profiles.
 """
 
@@ -39,6 +40,9 @@ SKIPPED: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         (r"\.(pem|key|p12|cer|crt|pub|der)$", "key material and certificates"),
         (r"(^|/)(init\.json|proxy-token|openbao\.hcl)$|(^|/)data/(raft/)?[^/]+\.db$",
          "the local OpenBao's credentials and storage: a secret store holds secrets"),
+        (r"(^|/)approle/(role_id|secret_id[^/]*)$|(^|/)share/token$",
+         "credential files a deployment hands to a process (AppRole IDs, the compose "
+         "agent's token)"),
         (r"\.duckdb(\.wal)?$", "a query cache of journal files, which are read themselves"),
         (r"(^|/)chromium[^/]*/|chromium-profile", "a browser profile"),
     ))

@@ -24,18 +24,22 @@ from egressguard.core import tokens
 from egressguard.core.policy import load as load_policy
 from egressguard.tools.devvault import OpenBaoDev
 from egressguard.tools.fakevendor import VENDOR_HOSTS
-from egressguard.tools.procs import free_port, port_open, spawn, terminate, wait_until
+from egressguard.tools.procs import STOP_GRACE, free_port, port_open, spawn, terminate, wait_until
 
 REPO_POLICY = Path(__file__).resolve().parents[2] / "policies" / "default.yaml"
 
 
 class Stack:
     def __init__(self, workdir: Path, policy: Path | None = None,
-                 proxy_args: tuple[str, ...] = (), limits_store: str = "") -> None:
+                 proxy_args: tuple[str, ...] = (), limits_store: str = "",
+                 vault_env: dict[str, str] | None = None) -> None:
         self.workdir = workdir
         self.policy = policy or REPO_POLICY
         self.proxy_args = proxy_args  # more `egressguard run` flags
         self.limits_store = limits_store  # `--limits-store`: "" counts in the proxy process
+        # how the proxy logs in to OpenBao (e.g. VAULT_ROLE_ID + VAULT_SECRET_ID); None:
+        # the dev server's root token. VAULT_ADDR is always the stack's OpenBao.
+        self.vault_env = vault_env
         self.state = workdir / "var"
         self.journal = workdir / "journal"
         self.certs = workdir / "certs"
@@ -56,7 +60,9 @@ class Stack:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def start(self) -> Stack:
+    def start(self, proxy: bool = True) -> Stack:
+        """Start OpenBao, the fake vendor and (unless `proxy` is false, e.g. to set
+        OpenBao up before any proxy logs in) the proxy; a replica starts its proxy."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         if self._parent is not None:
             self.start_proxy()
@@ -67,7 +73,8 @@ class Stack:
             self._authority = tokens.TokenAuthority(
                 tokens.load_or_create_key(self.state / "token.key"),
                 tokens.RevocationList(self.state / "revoked-tokens"))
-            self.start_proxy()
+            if proxy:
+                self.start_proxy()
         except BaseException:
             self.stop()
             raise
@@ -87,15 +94,17 @@ class Stack:
 
     def replica(self, name: str, policy: Path | None = None,
                 proxy_args: tuple[str, ...] | None = None,
-                limits_store: str | None = None) -> Stack:
+                limits_store: str | None = None,
+                vault_env: dict[str, str] | None = None) -> Stack:
         """Another proxy on this stack's OpenBao, fake vendor, token key and CA, with its
-        own port, journal and log under `workdir/name`; policy, flags and limits store
-        are this stack's unless given. Not started: use `start()` or `with`. Stopped by
-        its own `stop()` or, at the latest, by this stack's."""
+        own port, journal and log under `workdir/name`; policy, flags, limits store and
+        Vault log-in are this stack's unless given. Not started: use `start()` or `with`.
+        Stopped by its own `stop()` or, at the latest, by this stack's."""
         assert self._authority is not None, "start the stack before adding replicas"
         other = Stack(self.workdir / name, policy or self.policy,
                       self.proxy_args if proxy_args is None else proxy_args,
-                      self.limits_store if limits_store is None else limits_store)
+                      self.limits_store if limits_store is None else limits_store,
+                      self.vault_env if vault_env is None else vault_env)
         other.state, other.certs, other.pki = self.state, self.certs, self.pki
         other.vault, other.vendor_port = self.vault, self.vendor_port
         other._authority, other._parent = self._authority, self
@@ -112,9 +121,12 @@ class Stack:
                 "--certs", str(self.certs), "--upstream-ca", str(self.pki / "ca.pem"),
                 *[a for m in mapping for a in ("--upstream-map", m)],
                 # always given, so an EGRESSGUARD_LIMITS_STORE around us does not count
-                "--limits-store", self.limits_store, *self.proxy_args]
-        env = {"VAULT_ADDR": self.vault.addr, "VAULT_TOKEN": self.vault.root_token,
-               **(env or {})}
+                "--limits-store", self.limits_store,
+                # drained and closed (shutdown checkpoint) before `terminate` would kill it
+                "--shutdown-grace", str(STOP_GRACE / 2), *self.proxy_args]
+        login = {"VAULT_TOKEN": self.vault.root_token} if self.vault_env is None \
+            else self.vault_env
+        env = {"VAULT_ADDR": self.vault.addr, **login, **(env or {})}
         self._proxy = spawn(args, log=self.proxy_log, cwd=self.workdir, env=env)
         proc = self._proxy
 
@@ -133,6 +145,18 @@ class Stack:
             self._proxy.kill()
             self._proxy.wait()
             self._proxy = None
+
+    def wait_proxy(self, timeout: float) -> int:
+        """The proxy's exit code once it exits (after a signal); raises TimeoutError if it
+        is still running after `timeout` seconds (it is then left running)."""
+        if self._proxy is None:
+            raise RuntimeError("the proxy was not started")
+        try:
+            code = self._proxy.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise TimeoutError(f"the proxy still runs after {timeout}s") from None
+        self._proxy = None
+        return code
 
     def signal_proxy(self, sig: int) -> None:
         """Send `sig` (e.g. SIGHUP: reload the policy) to the running proxy."""
@@ -211,11 +235,12 @@ class Stack:
         with self._vendor_client() as client:
             client.post("/_fake/reset")
 
-    def script_reply(self, text: str, chunk: int | None = None) -> None:
+    def script_reply(self, text: str, chunk: int | None = None, delay: float = 0.0) -> None:
         """Make the fake vendor's models answer `text` (streamed `chunk` characters per
-        event) until `reset_received`."""
+        event, `delay` seconds between events) until `reset_received`."""
         with self._vendor_client() as client:
-            client.post("/_fake/reply", json={"text": text, "chunk": chunk}).raise_for_status()
+            client.post("/_fake/reply", json={"text": text, "chunk": chunk, "delay": delay}
+                        ).raise_for_status()
 
     def _vendor_client(self) -> httpx.Client:
         ctx = ssl.create_default_context(cafile=str(self.pki / "ca.pem"))
