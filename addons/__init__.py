@@ -14,14 +14,18 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     from egressguard.pipeline.audit import Audit
     from egressguard.pipeline.connections import AgentConnections
+    from egressguard.pipeline.connlogs import ConnectionLogs
     from egressguard.pipeline.egress import Egress
     from egressguard.pipeline.enforce import Enforce
     from egressguard.pipeline.guard import Guard
     from egressguard.pipeline.identity import Identity
     from egressguard.pipeline.inject import Inject
+    from egressguard.pipeline.metrics import Metrics
     from egressguard.pipeline.policyload import PolicyLoader
     from egressguard.pipeline.redact import Redact
     from egressguard.pipeline.response import ResponseWatch
+    from egressguard.pipeline.shutdown import Shutdown
+    from egressguard.pipeline.tracing import Tracing
     from egressguard.pipeline.upstream import UpstreamMap
     from egressguard.pipeline.vendor import VendorRequest
     from egressguard.pipeline.websocket import Realtime, UpgradeCredentials
@@ -29,6 +33,7 @@ def __getattr__(name: str) -> Any:
     global addons
     addons = [
         PolicyLoader(),  # stamps the policy in force on each flow
+        ConnectionLogs(),  # mitmproxy's lines about a connection name its request id
         Egress(),  # CONNECT target, SNI and Host: intercept, pass through, or 403
         Guard(),  # limits, timeouts, h2c and HTTP/2 resets: before anything costs work
         UpgradeCredentials(),  # a WebSocket's key subprotocol, presented where Identity reads
@@ -43,5 +48,8 @@ def __getattr__(name: str) -> Any:
         Inject(),  # strip agent credentials, add the real key from Vault
         UpstreamMap(),  # air-gapped sites: where a vendor host is reached
         Audit(),  # one hash-chained record per flow, durable before the answer
+        Metrics(),  # /metrics, /healthz, /readyz on their own port; counts Audit's records
+        Tracing(),  # OpenTelemetry: a span per audit record, when a collector is set
+        Shutdown(),  # last: SIGTERM drains what is in flight (recorded), then stops
     ]
     return addons

@@ -30,6 +30,17 @@ def port_number(text: str) -> int:
     return int(text)
 
 
+def seconds(text: str) -> float:
+    """A number of seconds, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (0 or more)")
+    return value
+
+
 def listen_address(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     if not host:
@@ -60,6 +71,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         vault_timeout=args.vault_timeout, limits_store=args.limits_store,
         policy_poll=args.policy_poll, sinks=args.sinks, node=args.node,
         signing_key=args.signing_key or str(args.state / "audit-signing.key"),
+        metrics_listen="{}:{}".format(*args.metrics_listen) if args.metrics_listen else "",
+        shutdown_grace=args.shutdown_grace, otlp_endpoint=args.otlp_endpoint,
         journal_options={
             "egressguard_journal_segment_bytes": args.journal_segment_bytes,
             "egressguard_journal_segment_age": args.journal_segment_age,
@@ -448,6 +461,11 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--signing-key", metavar="FILE|vault:MOUNT/PATH#FIELD",
                    help="Ed25519 key that signs journal checkpoints (default "
                    "STATE/audit-signing.key, created 0600 on first start)")
+    r.add_argument("--metrics-listen", metavar="HOST:PORT",
+                   type=lambda text: listen_address(text) if text else None,
+                   default=os.environ.get("EGRESSGUARD_METRICS_LISTEN", ""),
+                   help="serve /metrics (Prometheus), /healthz and /readyz on this address, "
+                   "apart from the proxy port (default: off; env EGRESSGUARD_METRICS_LISTEN)")
     r.add_argument("--sinks", type=Path, metavar="FILE",
                    help="ship audit records to the SIEM sinks this file names (starts "
                    "`egressguard ship` beside the proxy)")
@@ -497,6 +515,14 @@ def parser() -> argparse.ArgumentParser:
                         "(default 10; 0: no limit)")
     limits.add_argument("--auth-window", type=float, default=60.0, metavar="SECONDS",
                         help="... counted in windows of this long (default 60)")
+    r.add_argument("--shutdown-grace", type=seconds, default=30.0, metavar="SECONDS",
+                   help="on SIGTERM or SIGINT, stop listening and give requests and streams "
+                   "in flight this long to finish before cutting them off (default 30)")
+    r.add_argument("--otlp-endpoint", metavar="URL",
+                   default=os.environ.get("EGRESSGUARD_OTLP_ENDPOINT", ""),
+                   help="send one OpenTelemetry span per request over OTLP/HTTP to URL, e.g. "
+                   "http://collector:4318/v1/traces (`env`: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+                   "); default off; env EGRESSGUARD_OTLP_ENDPOINT")
     r.add_argument("--quiet", action="store_true", help="no start-up banner")
     r.add_argument("--log-format", **LOG_FORMAT)
     r.set_defaults(func=cmd_run)

@@ -38,6 +38,9 @@ class ServeConfig:
     sinks: Path | None = None  # ship the journal to these sinks (a child process)
     node: str | None = None
     signing_key: str = ""  # checkpoint signing key: a file or vault:...; "" none
+    metrics_listen: str = ""  # HOST:PORT of /metrics, /healthz, /readyz; "" off
+    shutdown_grace: float = 30.0  # seconds in-flight requests get on SIGTERM/SIGINT
+    otlp_endpoint: str = ""  # OTLP/HTTP traces URL ("env": the OTEL_* variable); "" off
     journal_options: dict[str, object] = field(default_factory=dict)
     # limits and timeouts (guard.limit_options), over guard.limit_options()'s defaults
     limit_options: dict[str, object] = field(default_factory=dict)
@@ -92,6 +95,9 @@ def mitmproxy_options(config: ServeConfig, ca_files: ca.CaFiles) -> dict[str, ob
         "egressguard_sinks": str(config.sinks or ""),
         "egressguard_node": config.node or "",
         "egressguard_signing_key": config.signing_key,
+        "egressguard_metrics_listen": config.metrics_listen,
+        "egressguard_shutdown_grace": config.shutdown_grace,
+        "egressguard_otlp_endpoint": config.otlp_endpoint,
         **config.journal_options,
         **guard.limit_options(), **config.limit_options,
         # mitmproxy's own defences Guard relies on: header validation refuses request
