@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mitmproxy import exceptions, options
-from mitmproxy.tools.dump import DumpMaster
 
 from egressguard.core.keyfiles import KeyFileExposed
 from egressguard.pipeline import guard
 from egressguard.tools import ca
+from egressguard.tools.master import ProxyMaster
 from egressguard.tools.ship import Supervisor
 
 log = logging.getLogger("egressguard")
@@ -122,8 +122,7 @@ async def serve(config: ServeConfig) -> int:
     # No termlog: egressguard.core.logs (installed by `egressguard run`) writes every
     # line, mitmproxy's too, scrubbed of secrets. confdir from the start: with the
     # default, mitmproxy would make a second CA key in ~/.mitmproxy as it loads.
-    master = DumpMaster(options.Options(confdir=str(config.certs)), with_termlog=False,
-                        with_dumper=False)
+    master = ProxyMaster(options.Options(confdir=str(config.certs)))
     try:
         # Our options exist once the addons are loaded (their defaults are inert),
         # and setting them then runs each addon's configure with the real values.
