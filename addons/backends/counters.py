@@ -10,13 +10,12 @@ a counter past its cap (later requests are then refused until it frees up).
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import Awaitable, Sequence
-from types import ModuleType
 from typing import Protocol, TypeVar
 from urllib.parse import urlsplit
 
+from egressguard.backends import resp
 from egressguard.core import limits
 from egressguard.core.errors import EgressError
 from egressguard.core.limits import Bucket, Cost, Exceeded, Reservation
@@ -60,21 +59,12 @@ def counters_from_url(url: str | None) -> Counters:
                          "rediss:// (TLS) or unix:///PATH, or nothing for in-process counters")
     try:
         return RedisCounters(url)
-    except ValueError as exc:  # redis-py's own parsing: a bad port or option
+    except ValueError as exc:  # a bad port, database or option
         raise ValueError(f"{redact(url)!r}: {exc}") from None
 
 
-def _redis() -> ModuleType:
-    """redis-py, imported with the first Redis counters: it takes a quarter of a second,
-    and imports OpenTelemetry's metrics SDK whenever that is installed."""
-    import redis.asyncio
-    import redis.exceptions
-
-    return redis
-
-
 def redact(url: str) -> str:
-    """`url` without user, password or query (redis-py reads a password from there too)."""
+    """`url` without user, password or query (a password may be given there too)."""
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
 
@@ -186,32 +176,27 @@ class RedisCounters:
     """Counters in Redis, shared by every replica pointed at it. A reservation is one
     Lua script (one round trip) that checks and adds for all buckets at once.
 
+    All calls share one connection (`resp.Redis`), pipelined: a burst of requests
+    writes its scripts at once and Redis answers them in order, so nobody waits for a
+    pooled connection or opens one of their own; it is opened on the first call, and
+    again on the call after a failure.
+
     Every failure (unreachable, slower than `timeout`, refused credentials, a script
     error) raises `CountersUnavailable`. Calls are not retried: a retried reservation
     could count twice. One that times out after Redis applied it stays counted, which
-    errs toward refusing."""
+    errs toward refusing. A timeout also drops the connection (the calls queued behind
+    it fail too), so a connection that went dead silently is not kept."""
 
     # Counters outlive their window by this much, for replicas whose clocks are behind.
     CLOCK_SKEW = 60
-    # A burst of requests queues for these instead of opening a connection each: on a
-    # cold start 100 at once took 300 ms with one connection each, 70 ms with 16.
-    MAX_CONNECTIONS = 16
 
     def __init__(self, url: str, prefix: str = "egressguard:", timeout: float = 0.5) -> None:
         self.address = redact(url)
         self.prefix = prefix
         self.timeout = timeout
-        redis = _redis()
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-
-        self._redis = redis.asyncio.Redis.from_pool(
-            redis.asyncio.BlockingConnectionPool.from_url(
-                url, max_connections=self.MAX_CONNECTIONS, timeout=None,  # _call's timeout
-                socket_timeout=timeout, socket_connect_timeout=timeout,
-                retry=Retry(NoBackoff(), 0)))
-        self._reserve = self._redis.register_script(_RESERVE)
-        self._settle = self._redis.register_script(_SETTLE)
+        self._redis = resp.Redis(url, timeout=timeout)  # the whole call, connecting included
+        self._reserve = resp.Script(_RESERVE)
+        self._settle = resp.Script(_SETTLE)
 
     async def reserve(self, buckets: Sequence[Bucket], cost: Cost,
                       now: float) -> Reservation | Exceeded:
@@ -222,7 +207,7 @@ class RedisCounters:
             keys += self._keys(b, wids[b.window])
             ttl = math.ceil(limits.counted_until(b.window, wids[b.window]) - now)
             args += [b.cap, b.amount(cost), ttl + self.CLOCK_SKEW]
-        refused = await self._call(self._reserve(keys, args))
+        refused = await self._call(self._redis.evalsha(self._reserve, keys, args))
         if not refused:
             return Reservation(tuple(buckets), cost, now)
         found = []
@@ -236,8 +221,9 @@ class RedisCounters:
     async def settle(self, reservation: Reservation, actual: Cost) -> None:
         changes = limits.settlement(reservation, actual)
         if changes:
-            await self._call(self._settle([self._key(b, wid) for b, wid, _ in changes],
-                                          [delta for _, _, delta in changes]))
+            await self._call(self._redis.evalsha(
+                self._settle, [self._key(b, wid) for b, wid, _ in changes],
+                [delta for _, _, delta in changes]))
 
     async def usage(self, buckets: Sequence[Bucket], now: float) -> dict[Bucket, int]:
         if not buckets:
@@ -250,7 +236,7 @@ class RedisCounters:
                 for i, b in enumerate(buckets)}
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        await self._redis.close()
 
     def _key(self, bucket: Bucket, wid: int) -> str:
         return f"{self.prefix}{bucket.key}|{bucket.limit}|{wid}"
@@ -263,21 +249,16 @@ class RedisCounters:
 
     async def _call(self, call: Awaitable[T]) -> T:
         try:
-            async with asyncio.timeout(self.timeout):  # the whole call, connecting included
-                return await call
-        # (the except clause is evaluated only when something was raised)
-        except (_redis().exceptions.RedisError, OSError) as exc:  # TimeoutError is an OSError
+            return await call  # bounded by `timeout` in resp.Redis
+        except (resp.RedisError, OSError) as exc:  # TimeoutError is an OSError
             raise CountersUnavailable(self._explain(exc), reason="limits_unavailable") from exc
 
     def _explain(self, exc: Exception) -> str:
-        redis = _redis()
-        if isinstance(exc, TimeoutError | redis.exceptions.TimeoutError):
+        if isinstance(exc, TimeoutError):
             what = f"did not answer within {self.timeout:g} s"
-        elif isinstance(exc, redis.exceptions.AuthenticationError
-                        | redis.exceptions.AuthorizationError
-                        | redis.exceptions.NoPermissionError):
+        elif isinstance(exc, resp.AuthenticationError):
             what = f"refused our credentials ({exc}); check the user and password in the URL"
-        elif isinstance(exc, redis.exceptions.ConnectionError | OSError):
+        elif isinstance(exc, OSError):
             what = f"cannot be reached ({exc})"
         else:
             what = f"failed ({type(exc).__name__}: {exc})"

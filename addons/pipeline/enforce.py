@@ -95,7 +95,7 @@ class Enforce:
         self._close()
 
     def _close(self) -> None:
-        """Let go of the counter store (a Redis connection pool, if any)."""
+        """Let go of the counter store (a Redis connection, if any)."""
         try:
             asyncio.get_running_loop().create_task(self.counters.close())
         except RuntimeError:  # no loop left at shutdown: the process is ending anyway
