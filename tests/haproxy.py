@@ -1,17 +1,22 @@
 """A real, throw-away `haproxy` as the TCP load balancer in front of proxy replicas, for
-tests: round robin per connection, no TLS termination (agents send CONNECT and then
-their own TLS, which only the proxy can answer), a TCP health check per server, and an
-admin socket to read per-server state and connection counts. Stopped by pid.
+tests, run from `deploy/haproxy/haproxy.cfg` as shipped: its balancing (`balance
+source`, consistent hashing), its /readyz health checks and its timeouts are the
+deploy file's own. Only what cannot hold outside compose is changed, each by an exact
+string replacement that must match once (so a change to the deploy file the test cannot
+follow fails loudly instead of being silently skipped): the listening address (a free
+loopback port), each server's address (127.0.0.1 and the replica's port; its health
+check on the replica's own metrics port), plus an admin socket, the test's own
+addition, to read per-server state and connection counts. Stopped by pid.
 
-`deploy/compose.yaml` puts the same kind of balancer in front of its replicas; this
-one runs on a free loopback port with its files in a temporary directory (the admin
-socket's path must stay under the 108 bytes a Unix socket address holds).
+Its files are in a temporary directory (the admin socket's path must stay under the 108
+bytes a Unix socket address holds).
 """
 
 from __future__ import annotations
 
 import csv
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -22,23 +27,41 @@ from egressguard.tools.procs import free_port, spawn, terminate, wait_until
 
 START_TIMEOUT = 15.0
 _SBIN = ("/usr/sbin", "/sbin")  # not on a non-root PATH
-_CONFIG = """\
-global
-  maxconn 512
-  stats socket {dir}/admin.sock mode 600 level admin
-defaults
-  mode tcp
-  timeout connect 2s
-  timeout client 120s
-  timeout server 120s
-  timeout check 1s
-frontend agents
-  bind 127.0.0.1:{port}
-  default_backend egressguard
-backend egressguard
-  balance roundrobin
-{servers}
-"""
+DEPLOY_CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "haproxy" / "haproxy.cfg"
+DEPLOY_PORT = 8080  # where compose's haproxy listens and its replicas' proxies listen
+DEPLOY_CHECK = "default-server check port 9090 "  # the replicas' --metrics-listen port
+
+
+def _replace_once(text: str, old: str, new: str) -> str:
+    count = text.count(old)
+    if count != 1:
+        raise AssertionError(f"{DEPLOY_CONFIG} no longer holds {old!r} once ({count} "
+                             "times): update tests/haproxy.py's substitutions to follow it")
+    return text.replace(old, new)
+
+
+def deploy_servers() -> list[str]:
+    """The server names of the deploy config's backend (compose's replica services)."""
+    return re.findall(r"^\s*server\s+(\S+)\s", DEPLOY_CONFIG.read_text(), re.M)
+
+
+def deploy_config(port: int, servers: dict[str, tuple[int, int]], admin_socket: Path) -> str:
+    """deploy/haproxy/haproxy.cfg on loopback: listening on 127.0.0.1:`port`, each server
+    (name -> (proxy port, metrics port)) at 127.0.0.1, its /readyz health check on its
+    own metrics port (both replicas are on one host here, not on 9090 each)."""
+    text = DEPLOY_CONFIG.read_text()
+    text = _replace_once(text, "\nglobal\n", "\nglobal\n    # the test's own addition\n"
+                         f"    stats socket {admin_socket} mode 600 level admin\n")
+    text = _replace_once(text, f"\n    bind :{DEPLOY_PORT}\n", f"\n    bind 127.0.0.1:{port}\n")
+    _replace_once(text, DEPLOY_CHECK, DEPLOY_CHECK)  # overridden per server below
+    for name, (proxy_port, metrics_port) in servers.items():
+        text = _replace_once(text, f"\n    server {name} {name}:{DEPLOY_PORT}\n",
+                             f"\n    server {name} 127.0.0.1:{proxy_port} port {metrics_port}\n")
+    left = [line for line in re.findall(r"^\s*server\s.*$", text, re.M)
+            if " 127.0.0.1:" not in line]
+    if left:
+        raise AssertionError(f"{DEPLOY_CONFIG} has servers the test did not place: {left}")
+    return text
 
 
 def _binary() -> str:
@@ -50,10 +73,10 @@ def _binary() -> str:
 
 
 class HAProxy:
-    """One `haproxy` listening on 127.0.0.1:`port`, balancing TCP connections over
-    `servers` (name -> loopback port) by round robin."""
+    """One `haproxy` on the deploy config, listening on 127.0.0.1:`port`, balancing TCP
+    connections over `servers` (name -> (proxy port, metrics port) on loopback)."""
 
-    def __init__(self, servers: dict[str, int]) -> None:
+    def __init__(self, servers: dict[str, tuple[int, int]]) -> None:
         self.servers = dict(servers)
         self.port = free_port()
         self._dir: Path | None = None
@@ -74,9 +97,7 @@ class HAProxy:
         binary = _binary()
         self._dir = Path(tempfile.mkdtemp(prefix="haproxy-test-"))
         config = self._dir / "haproxy.cfg"
-        config.write_text(_CONFIG.format(dir=self._dir, port=self.port, servers="\n".join(
-            f"  server {name} 127.0.0.1:{port} check inter 500ms fall 2 rise 1"
-            for name, port in self.servers.items())))
+        config.write_text(deploy_config(self.port, self.servers, self._dir / "admin.sock"))
         check = subprocess.run([binary, "-c", "-q", "-f", str(config)], capture_output=True,
                                text=True, timeout=START_TIMEOUT, check=False)
         if check.returncode != 0:

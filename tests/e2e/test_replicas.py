@@ -1,18 +1,22 @@
 """Two egressguard replicas behind a load balancer, as `deploy/compose.yaml` runs them,
-on loopback with the same real processes: OpenBao (AppRole set up as the compose init
-does: a policy that reads only the egressguard keys, one SecretID per replica), one
-redis-server for the shared counters, rsyslogd as the SIEM (each replica ships its own
-journal to it over TCP), haproxy in TCP mode with round robin in front, the fake
-vendor as the model vendor, and agents holding only tokens: the openai SDK and curl,
-both pointed at the balancer through HTTPS_PROXY.
+on loopback with the same real processes, set up from the deploy files themselves:
+OpenBao with AppRole made by `deploy/vault/init.sh` (run as compose's `vault-init`
+runs it, with compose's NODES: a policy that reads only the egressguard keys, one
+SecretID file per replica, which each replica is started with), one redis-server for
+the shared counters, rsyslogd as the SIEM (each replica ships its own journal to it
+over TCP), haproxy on `deploy/haproxy/haproxy.cfg` (TCP mode, `balance source`,
+/readyz health checks on each replica's metrics port; tests/haproxy.py changes only
+addresses and ports), the fake vendor as the model vendor, and agents holding only
+tokens: the openai SDK and curl, both pointed at the balancer through HTTPS_PROXY.
 
 The scenario runs once (module fixtures): curl sends one request, then two openai
 SDK agents take turns for nine more; team `fleet` may send six requests a minute.
-The balancer gives each new connection to the next replica and an agent keeps its
-connection, so the curl agent and one SDK agent go through one replica and the other
-SDK agent through the other: each replica answers three and refuses two, refusing
-while it has itself allowed fewer than six, which only a shared counter explains.
-Each test below checks one property of that run.
+The balancer hashes an agent's source address, so each agent connects from its own
+loopback address (127.0.0.x, on `lo` as all of 127/8 is), chosen so that the hash
+sends the two SDK agents to different replicas; an agent keeps its connection, so
+each replica answers some and refuses some, refusing while it has itself allowed
+fewer than six, which only a shared counter explains. Each test below checks one
+property of that run.
 """
 
 from __future__ import annotations
@@ -28,25 +32,39 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import hvac
 import openai
 import orjson
 import pytest
 import requests
+import yaml
 from secret_registry import register
 
 from egressguard.backends.journal import read_records
-from egressguard.tools.procs import wait_until
+from egressguard.tools.localvault import bao_binary
+from egressguard.tools.procs import free_port, wait_until
 from egressguard.tools.stack import Stack
-from tests.approle import KV_MOUNT, POLICY, ROLE, AppRole, set_up
 from tests.e2e.conftest import fake_key, headers_of
-from tests.haproxy import HAProxy
+from tests.haproxy import HAProxy, deploy_servers
 from tests.redis_server import RedisServer
 from tests.rsyslog import Rsyslog
 
 pytestmark = pytest.mark.e2e
 RID = "x-egressguard-request-id"
-NODES = ("egress-a", "egress-b")
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+INIT_SH = DEPLOY / "vault" / "init.sh"
+# the replicas as compose names them: vault-init's NODES, haproxy's servers
+NODES = tuple(yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"][
+    "vault-init"]["environment"]["NODES"].split())
+assert len(NODES) == 2 and list(NODES) == deploy_servers(), NODES
+# the role and policy init.sh makes; keys under secret/ (egressguard-policy.hcl)
+ROLE, POLICY = (re.search(rf"^{var}=(\S+)$", INIT_SH.read_text(), re.M)[1]  # type: ignore[index]
+                for var in ("ROLE", "POLICY"))
+KV_MOUNT = "secret"
+# each agent's source address: `balance source` (consistent hash) puts fleet-1 and
+# fleet-2 on different replicas (asserted by the first test, which fails if not)
+SOURCES = {"fleet-curl": "127.0.0.2", "fleet-1": "127.0.0.3", "fleet-2": "127.0.0.4"}
 CAP = 6  # team fleet's requests_per_minute
 SDK_REQUESTS = 9  # after curl's one: 10 in all, the last 4 over the cap
 KEY_PATH = "egressguard/vendors/openai"
@@ -70,12 +88,13 @@ _SD = re.compile(rb'^<\d+>1 \S+ (\S+) \S+ - \S+ \[egressguard@32473 id="([0-9a-f
 @dataclass
 class Cluster:
     stack: Stack  # OpenBao, the fake vendor, token key and CA; runs no proxy itself
-    approle: AppRole
+    role_id: str = field(repr=False)  # init.sh's role_id file
+    secret_ids: dict[str, str] = field(repr=False)  # init.sh's secret_id.NODE files
     replicas: dict[str, Stack]
     balancer: HAProxy
     rsyslog: Rsyslog
     redis: RedisServer
-    key: str = field(default="", repr=False)  # the real (made-up) vendor key in OpenBao
+    key: str = field(repr=False)  # the real (made-up) vendor key in OpenBao
 
 
 @dataclass(frozen=True)
@@ -106,7 +125,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         register(stack.vault.root_token, "vault token")
         redis_server = running.enter_context(RedisServer())
         rsyslog = running.enter_context(Rsyslog(work / "rsyslog"))
-        approle = set_up(stack.vault)
+        role_id, secret_ids = vault_init(stack, work / "approle")
         key = fake_key()
         stack.put_key("openai", key)  # as the operator, with the root token
         (sinks := work / "sinks.yaml").write_text(f"""\
@@ -120,15 +139,44 @@ sinks:
     batch: {{max_wait: 100ms}}
     retry: {{initial: 200ms, max: 2s}}
 """)
-        replicas = {}
+        replicas, metrics = {}, {}
         for node in NODES:  # one after the other: the first creates the CA
+            metrics[node] = free_port()  # haproxy health-checks /readyz there
             replicas[node] = running.enter_context(stack.replica(
-                node, limits_store=redis_server.url, vault_env=approle.env(node),
+                node, limits_store=redis_server.url,
+                # as the image's entrypoint does with VAULT_*_FILE: the files' contents
+                vault_env={"VAULT_ROLE_ID": role_id, "VAULT_SECRET_ID": secret_ids[node]},
                 proxy_args=("--node", node, "--sinks", str(sinks),
+                            "--metrics-listen", f"127.0.0.1:{metrics[node]}",
                             "--checkpoint-seconds", "1")))
         balancer = running.enter_context(
-            HAProxy({n: r.proxy_port for n, r in replicas.items()}))
-        yield Cluster(stack, approle, replicas, balancer, rsyslog, redis_server, key)
+            HAProxy({n: (r.proxy_port, metrics[n]) for n, r in replicas.items()}))
+        yield Cluster(stack, role_id, secret_ids, replicas, balancer, rsyslog,
+                      redis_server, key)
+
+
+def vault_init(stack: Stack, approle: Path) -> tuple[str, dict[str, str]]:
+    """deploy/vault/init.sh as compose's vault-init runs it (and tests/test_deploy.py):
+    the `bao` CLI, the admin (root) token, APPROLE_DIR and compose's NODES; the RoleID
+    and each node's SecretID from the files it writes, read as the image's entrypoint
+    reads VAULT_*_FILE (`$(cat FILE)`: without the trailing newline)."""
+    ambient = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy",
+               "all_proxy", "VAULT_TOKEN", "BAO_TOKEN", "VAULT_ADDR", "BAO_ADDR")
+    env = {k: v for k, v in os.environ.items() if k not in ambient}
+    done = subprocess.run(
+        ["sh", str(INIT_SH)], capture_output=True, text=True, timeout=60, check=False,
+        env=env | {"BAO_ADDR": stack.vault.addr, "BAO_TOKEN": stack.vault.root_token,
+                   "HOME": str(stack.workdir), "APPROLE_DIR": str(approle),
+                   "NODES": " ".join(NODES),
+                   "PATH": f"{bao_binary().parent}:{os.environ['PATH']}"})
+    assert done.returncode == 0, f"init.sh: {done.stdout}\n{done.stderr}"
+    assert sorted(p.name for p in approle.iterdir()) == \
+        ["role_id", *sorted(f"secret_id.{n}" for n in NODES)]
+    role_id = (approle / "role_id").read_text().rstrip("\n")
+    secret_ids = {n: register((approle / f"secret_id.{n}").read_text().rstrip("\n"),
+                              "vault token") for n in NODES}
+    assert role_id and all(secret_ids.values())
+    return role_id, secret_ids
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +186,8 @@ def run(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Run:
     tokens = [stack.token(agent) for agent in ("fleet-curl", "fleet-1", "fleet-2")]
     stack.reset_received()
     sent = [curl_chat(cluster, tokens[0], "request 0", tmp_path_factory.mktemp("curl"))]
-    clients = [sdk_agent(cluster, token) for token in tokens[1:]]
+    clients = [sdk_agent(cluster, token, SOURCES[agent])
+               for agent, token in zip(("fleet-1", "fleet-2"), tokens[1:], strict=True)]
     try:
         for i in range(1, SDK_REQUESTS + 1):
             sent.append(sdk_chat(clients[(i - 1) % 2], f"fleet-{(i - 1) % 2 + 1}",
@@ -153,17 +202,20 @@ def run(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Run:
 
 
 # -- agents ----------------------------------------------------------------------------------
-def sdk_agent(cluster: Cluster, token: str) -> openai.OpenAI:
-    """The openai SDK as an agent is set up: HTTPS_PROXY and SSL_CERT_FILE in its
-    environment (read when the client is made), the token as its API key."""
+def sdk_agent(cluster: Cluster, token: str, source: str) -> openai.OpenAI:
+    """The openai SDK as an agent is set up: SSL_CERT_FILE in its environment (read
+    when the client is made), the token as its API key, the balancer as its proxy.
+    Connecting from `source` takes a transport of its own, and httpx2 (the SDK's HTTP
+    client) reads no proxy from the environment for a client given a transport: the
+    proxy (what HTTPS_PROXY would say) is passed explicitly."""
     with pytest.MonkeyPatch.context() as env:
-        env.setenv("HTTPS_PROXY", cluster.balancer.url)
         env.setenv("SSL_CERT_FILE", str(cluster.stack.ca_bundle))
         for var in ("NO_PROXY", "no_proxy", "SSL_CERT_DIR"):
             env.delenv(var, raising=False)
+        transport = httpx2.HTTPTransport(proxy=cluster.balancer.url, local_address=source)
         return openai.OpenAI(api_key=token, base_url="https://api.openai.com/v1",
                              max_retries=0, timeout=30,
-                             http_client=openai.DefaultHttpxClient())
+                             http_client=openai.DefaultHttpxClient(transport=transport))
 
 
 def sdk_chat(client: openai.OpenAI, agent: str, marker: str) -> Sent:
@@ -184,6 +236,7 @@ def curl_chat(cluster: Cluster, token: str, marker: str, tmp: Path) -> Sent:
            if k.lower() not in ("http_proxy", "https_proxy", "all_proxy", "no_proxy")}
     done = subprocess.run(
         ["curl", "-sS", "--max-time", "20", "--cacert", str(cluster.stack.ca_cert),
+         "--interface", SOURCES["fleet-curl"],
          "-H", f"Authorization: Bearer {token}", "-H", "content-type: application/json",
          "--data-binary", "@-", "-D", str(head), "-o", os.devnull, "-w", "%{http_code}",
          "https://api.openai.com/v1/chat/completions"],
@@ -231,7 +284,8 @@ def settled(cluster: Cluster) -> bool:
 def test_the_balancer_spreads_agents_over_both_replicas(cluster: Cluster, run: Run) -> None:
     """Every request has its one record in exactly one replica's journal, written with
     that replica's `node`; both replicas served agents, each over connections the
-    balancer gave it."""
+    balancer gave it, and `balance source` sent the two SDK agents (different source
+    addresses) to different replicas."""
     by_node = {node: {r["id"]: r for r in replica.records()}
                for node, replica in cluster.replicas.items()}
     for node, records in by_node.items():
@@ -246,6 +300,8 @@ def test_the_balancer_spreads_agents_over_both_replicas(cluster: Cluster, run: R
     for agent in ("fleet-curl", "fleet-1", "fleet-2"):
         assert len({w[0] for s, w in zip(run.sent, where, strict=True)
                     if s.agent == agent}) == 1
+    via = {s.agent: w[0] for s, w in zip(run.sent, where, strict=True)}
+    assert via["fleet-1"] != via["fleet-2"], (via, "pick other SOURCES for this hash")
 
 
 def test_the_team_budget_is_shared_through_redis(cluster: Cluster, run: Run) -> None:
@@ -300,8 +356,8 @@ def test_the_replicas_log_in_to_openbao_with_their_own_approle_secret_id(
             f"/proc/{replica.proxy_pid}/environ").read_bytes().split(b"\0") if b"=" in item)
         assert b"VAULT_TOKEN" not in env
         assert cluster.stack.vault.root_token.encode() not in b"\0".join(env.values())
-        assert env[b"VAULT_ROLE_ID"].decode() == cluster.approle.role_id, node
-        assert env[b"VAULT_SECRET_ID"]
+        assert env[b"VAULT_ROLE_ID"].decode() == cluster.role_id, node
+        assert env[b"VAULT_SECRET_ID"].decode() == cluster.secret_ids[node], node
     root = cluster.stack.vault.client()
     logins = [root.auth.token.lookup_accessor(a)["data"] for a in
               root.auth.token.list_accessors()["data"]["keys"]]
@@ -309,7 +365,11 @@ def test_the_replicas_log_in_to_openbao_with_their_own_approle_secret_id(
     assert {t["meta"]["node"] for t in ours} == set(NODES)
     assert all(sorted(t["policies"]) == ["default", POLICY] for t in ours)
 
-    probe = approle_client(cluster, cluster.approle.secret_id("probe"))
+    for node in NODES:  # what each replica's own credentials may do
+        probe_approle(cluster, approle_client(cluster, cluster.secret_ids[node]))
+
+
+def probe_approle(cluster: Cluster, probe: hvac.Client) -> None:
     try:
         assert probe.secrets.kv.v2.read_secret_version(
             path=KEY_PATH, mount_point=KV_MOUNT, raise_on_deleted_version=True
@@ -330,7 +390,7 @@ def approle_client(cluster: Cluster, secret_id: str) -> hvac.Client:
     session = requests.Session()
     session.trust_env = False
     client = hvac.Client(url=cluster.stack.vault.addr, timeout=5, session=session)
-    client.auth.approle.login(role_id=cluster.approle.role_id, secret_id=secret_id)
+    client.auth.approle.login(role_id=cluster.role_id, secret_id=secret_id)
     return client
 
 
