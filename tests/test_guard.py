@@ -325,3 +325,17 @@ def test_an_http2_header_block_never_finished_is_cut_off():
     feed(w, frame + block)  # HEADERS without END_HEADERS: CONTINUATION should follow
     closed, body = closed_with(wake(w, clock, 5))
     assert closed and body is None  # HTTP/2: closed, no HTTP/1 answer
+
+
+
+def test_only_the_earliest_wake_up_is_pending_and_it_re_arms():
+    """Each wake-up is a task sleeping in mitmproxy (for up to the 300 s body timeout):
+    the watch keeps only the earliest pending, and still enforces every deadline."""
+    clock = Clock()
+    w, _ = watch(clock=clock)  # the head's wake-up, due in 5 s
+    feed(w, HEAD + b"Content-Length: 100\r\n\r\n" + b"x" * 10)  # a body that stalls
+    assert len(clock.timers) == 1  # the body's deadline (10 s) is later: not armed yet
+    assert closed_with(wake(w, clock, 5)) == (False, None)  # fires, re-arms for the body
+    assert [round(due - clock.now) for due in clock.timers.values()] == [5]
+    closed, body = closed_with(wake(w, clock, 5))
+    assert closed and body["error"]["code"] == "body_timeout"

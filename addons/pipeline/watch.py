@@ -85,7 +85,11 @@ class ClientWatch(layer.Layer):
         self.resets = 0
         self._tunnel_armed = False
         self._seen_data = False
-        self._wakeups: set[commands.RequestWakeup] = set()
+        # wake-ups asked of mitmproxy and when each is due. Each is a task sleeping in
+        # mitmproxy, so at most the earliest is kept pending: it re-arms for the next
+        # deadline when it fires (one per request would be 60,000 sleeping tasks at
+        # 200 requests/s with the 300 s body timeout)
+        self._wakeups: dict[commands.RequestWakeup, float] = {}
         self._closed = False
 
     def __repr__(self) -> str:
@@ -96,9 +100,11 @@ class ClientWatch(layer.Layer):
 
     def handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
         if isinstance(event, events.Wakeup) and event.command in self._wakeups:
-            self._wakeups.discard(event.command)
+            del self._wakeups[event.command]
             if not self._closed:
                 yield from self._check_deadlines()
+            if not self._closed:
+                yield from self._rearm()
             return
         if self._h2c_preface(event):
             yield from self._close(BadRequest(
@@ -229,9 +235,21 @@ class ClientWatch(layer.Layer):
         return self.head.owner() if self.head.owner is not None else None
 
     def _wake_in(self, delay: float) -> layer.CommandGenerator[None]:
-        wakeup = commands.RequestWakeup(max(delay, 0.0))
-        self._wakeups.add(wakeup)
+        delay = max(delay, 0.0)
+        due = self.now() + delay
+        if self._wakeups and min(self._wakeups.values()) <= due:
+            return  # an earlier one is pending; it re-arms for this deadline
+        wakeup = commands.RequestWakeup(delay)
+        self._wakeups[wakeup] = due
         yield wakeup
+
+    def _rearm(self) -> layer.CommandGenerator[None]:
+        """After a wake-up: one for the next deadline still running, if any."""
+        deadlines = [t + self.limits.body_timeout for t in self.bodies.values()]
+        if self._owner() is self and self.head.since is not None:
+            deadlines.append(self.head.since + self.limits.header_timeout)
+        if deadlines:
+            yield from self._wake_in(min(deadlines) - self.now())
 
     def _check_deadlines(self) -> layer.CommandGenerator[None]:
         now = self.now()
