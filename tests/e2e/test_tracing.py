@@ -65,8 +65,12 @@ def test_real_sdk_requests_become_spans_under_the_agents_trace(
     stream_id = streamed.headers["x-egressguard-request-id"]
     assert "".join(c.choices[0].delta.content or "" for c in streamed.parse() if c.choices)
 
-    records = {r["id"]: r for r in stack.records()}
     plain, stream = span_of(receiver, plain_id), span_of(receiver, stream_id)
+    # The stream's record is written when the proxy sees its end, which may be
+    # after the SDK has read the last chunk: wait for it rather than race it.
+    wanted = {plain_id, stream_id}
+    records = wait_until(lambda: (r := {r["id"]: r for r in stack.records()}).keys() >= wanted
+                         and r, timeout=10, what="both audit records")
     for span in (plain, stream):
         record = records[span.attributes["egressguard.request_id"]]
         assert span.name == "egressguard openai chat"
