@@ -8,9 +8,25 @@ it with an upstream map while keeping the real SNI and Host. The request's `mode
 drives test behaviour: `slow-stream`, `echo-headers`, `echo` (answers with the last
 message's text), `error-500`. `POST /_fake/reply {"text": ..., "chunk": N, "delay": S}`
 makes every other model answer with that text (streamed N characters per event, S
-seconds apart), as a vendor whose model writes out what it should not;
-`POST /_fake/reset` forgets it. A WebSocket upgrade to `/v1/realtime` is an OpenAI
-Realtime session (`fakerealtime`).
+seconds apart), as a vendor whose model writes out what it should not.
+
+`POST /_fake/faults {"faults": [FAULT, ...]}` makes it fail on demand (retries, key
+pools, failover), replacing any earlier list; `GET /_fake/faults` lists them with
+their counts. A FAULT is `{"status": 429}` plus optional filters and pacing:
+`vendor` (as `vendor_for` names it), `key` (a credential value ends with it),
+`model`, `times` (only the next N matching requests fail), `every` (only the 1st,
+K+1th, ... matching request fails), `retry_after` (seconds, as a Retry-After header).
+The status is answered with the vendor's own error body (429s with rate-limit
+headers); status 0 drops the connection without an answer, and `{"after_bytes": B}`
+(instead of a status) sends the normal answer's head and first B body bytes, then
+drops the connection. The first fault whose filters match a request (and whose
+`times` is not spent) decides it; on its off-turns (`every`) the request is answered
+normally. Faulted requests are recorded like any other.
+
+`GET /_fake/received` lists what it received; `POST /_fake/reset` forgets that, the
+scripted reply and the faults. A WebSocket upgrade to `/v1/realtime` is an OpenAI
+Realtime session (`fakerealtime`), faulted by status like any request (`after_bytes`
+drops it before the upgrade).
 
     python -m egressguard.tools.fakevendor --listen 127.0.0.1:0 --pki-dir DIR
 """
@@ -34,7 +50,7 @@ import ssl
 import struct
 import time
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -191,6 +207,7 @@ class Reply:
     events: list[bytes] | None = None  # set for a streamed reply, one chunk per event
     content_type: str = "application/json"
     delay: float = 0.0  # pause between streamed events
+    headers: tuple[tuple[str, str], ...] = ()  # more response headers (Retry-After, ...)
 
 
 def _last_text(payload: dict[str, Any]) -> str:
@@ -279,8 +296,8 @@ def handle(req: Received, script: Script | None = None) -> Reply:
         return _error(vendor, 400, f"unreadable request body: {exc}")
     if not isinstance(payload, dict):
         return _error(vendor, 400, "request body must be a JSON object")
-    gemini, azure = _GEMINI.match(req.path), _AZURE.match(req.path)
-    model = gemini[1] if gemini else str(payload.get("model") or (azure[1] if azure else ""))
+    gemini = _GEMINI.match(req.path)
+    model = _model(req, payload)
     call = _Call(req, vendor, payload, model, script)
     if model == "error-500":
         return _error(vendor, 500, "the fake vendor failed, as asked by model error-500")
@@ -300,6 +317,11 @@ def handle(req: Received, script: Script | None = None) -> Reply:
             {"id": m, "object": "model", "created": 0, "owned_by": "egressguard-fake"}
             for m in ("gpt-4o-mini", "slow-stream", "echo-headers", "echo", "error-500")]})
     return _error(vendor, 404, f"the fake vendor has no route for {req.method} {req.path}")
+
+
+def _model(req: Received, payload: dict[str, Any]) -> str:
+    gemini, azure = _GEMINI.match(req.path), _AZURE.match(req.path)
+    return gemini[1] if gemini else str(payload.get("model") or (azure[1] if azure else ""))
 
 
 _PURPOSE = re.compile(rb'name="purpose"\r\n\r\n([^\r]*)\r\n')
@@ -341,18 +363,42 @@ def _has_credential(req: Received) -> bool:
     return bool(parse_qs(req.query).get("key"))
 
 
+_ANTHROPIC_ERRORS = {400: "invalid_request_error", 401: "authentication_error",
+                     403: "permission_error", 404: "not_found_error",
+                     413: "request_too_large", 429: "rate_limit_error",
+                     529: "overloaded_error"}
+_GOOGLE_ERRORS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
+                  404: "NOT_FOUND", 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL",
+                  504: "DEADLINE_EXCEEDED"}
+_OPENAI_ERRORS = {  # status: (type, code), as api.openai.com sends them
+    401: ("invalid_request_error", "invalid_api_key"),
+    403: ("request_forbidden", "unsupported_country_region_territory"),
+    404: ("invalid_request_error", "unknown_url"),
+    429: ("requests", "rate_limit_exceeded"),
+    503: ("service_unavailable_error", "server_is_overloaded"),
+}
+
+
 def _error(vendor: str, status: int, message: str) -> Reply:
+    """`status` with `message` in the vendor's own error shape."""
     if vendor == "anthropic":
-        kind = {400: "invalid_request_error", 401: "authentication_error",
-                404: "not_found_error", 500: "api_error"}[status]
+        kind = _ANTHROPIC_ERRORS.get(status, "api_error" if status >= 500 else
+                                     "invalid_request_error")
         return _json(status, {"type": "error", "error": {"type": kind, "message": message}})
     if vendor == "google":
-        state = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 404: "NOT_FOUND",
-                 500: "INTERNAL"}[status]
+        state = _GOOGLE_ERRORS.get(status, "UNAVAILABLE" if status >= 500 else
+                                   "FAILED_PRECONDITION")
         return _json(status, {"error": {"code": status, "message": message, "status": state}})
-    kind = "server_error" if status >= 500 else "invalid_request_error"
-    code = {401: "invalid_api_key", 404: "unknown_url"}.get(status)
+    kind, code = _OPENAI_ERRORS.get(status, ("server_error" if status >= 500 else
+                                             "invalid_request_error", None))
     return _json(status, {"error": {"message": message, "type": kind, "param": None, "code": code}})
+
+
+def _reason(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return {529: "Overloaded"}.get(status, "Unknown")
 
 
 def _json(status: int, obj: object) -> Reply:
@@ -482,6 +528,166 @@ def _gemini(c: _Call, streaming: bool) -> Reply:
     return _stream(c, [_sse(b, eol="\r\n") for b in bodies])
 
 
+# --- faults on demand (no I/O) ---------------------------------------------------------
+
+
+VENDORS = frozenset({*_HOST_VENDOR.values(), "azure", "openai"})
+
+
+@dataclass(frozen=True)
+class Fault:
+    """How matching requests fail (`/_fake/faults`); see the module docstring."""
+
+    status: int | None = None  # 0: drop the connection; None: `after_bytes`
+    vendor: str | None = None
+    key: str | None = None  # suffix of a credential value
+    model: str | None = None
+    retry_after: float | None = None  # seconds
+    times: int | None = None  # None: forever
+    every: int = 1
+    after_bytes: int | None = None
+
+    @classmethod
+    def parse(cls, spec: object) -> Fault:
+        """A fault from its JSON; ValueError names the bad field."""
+        if not isinstance(spec, dict):
+            raise ValueError(f"a fault is a JSON object, got {spec!r}")
+        if unknown := set(spec) - {f.name for f in fields(cls)}:
+            raise ValueError(f"unknown fault fields {sorted(unknown)}")
+        fault = cls(**spec)
+        fault._check()
+        return fault
+
+    def _check(self) -> None:
+        if self.after_bytes is None and not (self.status == 0 or _is_error(self.status)):
+            raise ValueError(f"status must be 0 (drop) or an HTTP error, got {self.status!r}")
+        if self.after_bytes is not None and (not _is_count(self.after_bytes, 0)
+                                             or self.status not in (None, 200)):
+            raise ValueError("after_bytes (bytes, >= 0) sends the normal answer: no status")
+        if self.vendor is not None and self.vendor not in VENDORS:
+            raise ValueError(f"vendor must be one of {sorted(VENDORS)}, got {self.vendor!r}")
+        for name in ("key", "model"):
+            if not isinstance(getattr(self, name), str | None):
+                raise ValueError(f"{name} must be a string")
+        if self.times is not None and not _is_count(self.times, 1):
+            raise ValueError(f"times must be a whole number >= 1, got {self.times!r}")
+        if not _is_count(self.every, 1):
+            raise ValueError(f"every must be a whole number >= 1, got {self.every!r}")
+        if self.retry_after is not None and (
+                isinstance(self.retry_after, bool)
+                or not isinstance(self.retry_after, int | float) or self.retry_after < 0):
+            raise ValueError(f"retry_after must be seconds >= 0, got {self.retry_after!r}")
+
+    def matches(self, vendor: str, model: str, credentials: list[str]) -> bool:
+        return ((self.vendor is None or self.vendor == vendor)
+                and (self.model is None or self.model == model)
+                and (self.key is None or any(c.endswith(self.key) for c in credentials)))
+
+
+def _is_error(status: object) -> bool:
+    return _is_count(status, 400) and status in range(400, 600)
+
+
+def _is_count(value: object, least: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+@dataclass
+class ArmedFault:
+    """A fault and what it has done so far."""
+
+    fault: Fault
+    matched: int = 0  # requests it decided
+    failed: int = 0  # of which it failed
+
+    @property
+    def remaining(self) -> int | None:
+        return None if self.fault.times is None else self.fault.times - self.failed
+
+    def to_json(self) -> dict[str, Any]:
+        spec = {k: v for k, v in asdict(self.fault).items() if v is not None}
+        return {**spec, "matched": self.matched, "failed": self.failed,
+                "remaining": self.remaining}
+
+
+def parse_faults(body: bytes) -> list[ArmedFault]:
+    """The `/_fake/faults` body, `{"faults": [FAULT, ...]}`; ValueError if malformed."""
+    spec = json.loads(body or b"{}")
+    if not isinstance(spec, dict) or set(spec) != {"faults"} \
+            or not isinstance(spec["faults"], list):
+        raise ValueError('expected {"faults": [FAULT, ...]}')
+    armed = []
+    for i, item in enumerate(spec["faults"]):
+        try:
+            armed.append(ArmedFault(Fault.parse(item)))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"faults[{i}]: {exc}") from None
+    return armed
+
+
+def pick_fault(armed: list[ArmedFault], req: Received) -> Fault | None:
+    """The fault `req` meets, if any, counting it: the first live fault that matches
+    decides, failing the request on its turn (`every`) and answering it normally
+    otherwise."""
+    live = [a for a in armed if a.remaining != 0]
+    if not live:
+        return None
+    vendor = vendor_for(req.header("host") or "", req.path)
+    model, credentials = requested_model(req), _credentials(req)
+    for a in live:
+        if not a.fault.matches(vendor, model, credentials):
+            continue
+        a.matched += 1
+        if (a.matched - 1) % a.fault.every:
+            return None
+        a.failed += 1
+        return a.fault
+    return None
+
+
+def requested_model(req: Received) -> str:
+    """The model `req` asks for, "" if its body does not say."""
+    try:
+        raw = gzip.decompress(req.body) if req.header("content-encoding") == "gzip" else req.body
+        payload = json.loads(raw) if raw else {}
+    except (OSError, ValueError):
+        payload = {}
+    return _model(req, payload if isinstance(payload, dict) else {})
+
+
+def _credentials(req: Received) -> list[str]:
+    values = [v.strip() for n, v in req.headers if n.lower() in _CREDENTIAL_HEADERS]
+    # "Bearer sk-..." -> "sk-..."; other credential headers carry the bare key
+    values = [v.partition(" ")[2].strip() if " " in v else v for v in values]
+    return values + parse_qs(req.query).get("key", [])
+
+
+def fault_reply(fault: Fault, req: Received) -> Reply:
+    """A fault's error answer (status > 0), in the shape of the vendor `req` is for."""
+    assert fault.status
+    vendor = vendor_for(req.header("host") or "", req.path)
+    reply = _error(vendor, fault.status, f"{_reason(fault.status)}: a fault injected by "
+                                         f"the egressguard fake vendor")
+    headers: list[tuple[str, str]] = []
+    if fault.retry_after is not None:
+        headers.append(("retry-after", f"{fault.retry_after:g}"))
+    if fault.status == 429:
+        headers += _rate_limit_headers(vendor, fault.retry_after or 1.0)
+    return replace(reply, headers=tuple(headers))
+
+
+def _rate_limit_headers(vendor: str, reset: float) -> list[tuple[str, str]]:
+    if vendor == "anthropic":
+        at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=reset)
+        return [("anthropic-ratelimit-requests-limit", "60"),
+                ("anthropic-ratelimit-requests-remaining", "0"),
+                ("anthropic-ratelimit-requests-reset", at.strftime("%Y-%m-%dT%H:%M:%SZ"))]
+    if vendor == "google":
+        return []
+    return [("x-ratelimit-limit-requests", "60"), ("x-ratelimit-remaining-requests", "0"),
+            ("x-ratelimit-reset-requests", f"{reset:g}s")]
+
+
 # --- the server ------------------------------------------------------------------------
 
 
@@ -492,6 +698,7 @@ class FakeVendor:
         self.pki, self.host, self.port = pki, host, port
         self.received: list[Received] = []
         self.script: Script | None = None
+        self.faults: list[ArmedFault] = []
         self._server: asyncio.Server | None = None
         self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
 
@@ -556,15 +763,31 @@ class FakeVendor:
             reply = self._control(req)
         elif path == "/bench":
             reply = _BENCH  # not recorded: benchmarks send millions
-        elif fakerealtime.is_upgrade(req.method, path, headers) and _has_credential(req):
-            req.frames = []
-            self.received.append(req)
-            await fakerealtime.serve(conn, reader, writer, req, self.script)
-            return False  # the connection was the session's
         else:
             self.received.append(req)
-            reply = handle(req, self.script)
+            return await self._answer(conn, reader, writer, req)
         await _send(conn, writer, reply)
+        return conn.our_state is h11.DONE and conn.their_state is h11.DONE
+
+    async def _answer(self, conn: h11.Connection, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter, req: Received) -> bool:
+        """Answer a vendor request, or fail it as a fault says; True if the connection
+        may carry another."""
+        fault = pick_fault(self.faults, req)
+        upgrade = fakerealtime.is_upgrade(req.method, req.path, req.headers) \
+            and _has_credential(req)
+        if fault is None and upgrade:
+            req.frames = []
+            await fakerealtime.serve(conn, reader, writer, req, self.script)
+            return False  # the connection was the session's
+        if fault is not None and (fault.status == 0 or upgrade and fault.after_bytes is not None):
+            writer.transport.abort()  # no answer at all: the client sees a reset or EOF
+            return False
+        if fault is not None and fault.status:
+            await _send(conn, writer, fault_reply(fault, req))
+        else:
+            await _send(conn, writer, handle(req, self.script),
+                        cut=None if fault is None else fault.after_bytes)
         return conn.our_state is h11.DONE and conn.their_state is h11.DONE
 
     def _control(self, req: Received) -> Reply:
@@ -573,6 +796,15 @@ class FakeVendor:
         if (req.method, req.path) == ("POST", "/_fake/reset"):
             self.received.clear()
             self.script = None
+            self.faults = []
+            return _json(200, {"ok": True})
+        if (req.method, req.path) == ("GET", "/_fake/faults"):
+            return _json(200, [a.to_json() for a in self.faults])
+        if (req.method, req.path) == ("POST", "/_fake/faults"):
+            try:
+                self.faults = parse_faults(req.body)
+            except ValueError as exc:
+                return _json(400, {"error": str(exc)})
             return _json(200, {"ok": True})
         if (req.method, req.path) == ("POST", "/_fake/reply"):
             try:
@@ -596,26 +828,36 @@ def _out(conn: h11.Connection, *events: Any) -> bytes:
     return b"".join(conn.send(e) or b"" for e in events)
 
 
-async def _send(conn: h11.Connection, writer: asyncio.StreamWriter, reply: Reply) -> None:
+async def _send(conn: h11.Connection, writer: asyncio.StreamWriter, reply: Reply,
+                cut: int | None = None) -> None:
+    """Send `reply`; with `cut`, only its first `cut` body bytes and never its end (the
+    caller then closes the connection: a failure after the answer began)."""
     rid = f"req_fake{next(_ids)}"
-    headers = [("content-type", reply.content_type), ("x-request-id", rid), ("request-id", rid)]
-    reason = http.HTTPStatus(reply.status).phrase.encode()
+    headers = [("content-type", reply.content_type), ("x-request-id", rid), ("request-id", rid),
+               *reply.headers]
+    reason = _reason(reply.status).encode()
+    end = [h11.EndOfMessage()] if cut is None else []
     if reply.events is None:
         headers.append(("content-length", str(len(reply.body))))
         response = h11.Response(status_code=reply.status, headers=headers, reason=reason)
-        writer.write(_out(conn, response, h11.Data(data=reply.body), h11.EndOfMessage()))
+        writer.write(_out(conn, response, h11.Data(data=reply.body[:cut]), *end))
         await writer.drain()
         return
     headers += [("cache-control", "no-cache"), ("transfer-encoding", "chunked")]
     response = h11.Response(status_code=reply.status, headers=headers, reason=reason)
     writer.write(_out(conn, response))
+    left = cut
     for i, event in enumerate(reply.events):
+        if left == 0:
+            return
         if i and reply.delay:
             await asyncio.sleep(reply.delay)
+        if left is not None:
+            event, left = event[:left], left - len(event[:left])
         # One chunk per event, drained before the next, so clients see each as it happens.
         writer.write(_out(conn, h11.Data(data=event)))
         await writer.drain()
-    writer.write(_out(conn, h11.EndOfMessage()))
+    writer.write(_out(conn, *end))
     await writer.drain()
 
 

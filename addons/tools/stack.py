@@ -231,7 +231,7 @@ class Stack:
             return list(client.get("/_fake/received").json())
 
     def reset_received(self) -> None:
-        """Forget what the fake vendor received, and any scripted reply."""
+        """Forget what the fake vendor received, any scripted reply and any faults."""
         with self._vendor_client() as client:
             client.post("/_fake/reset")
 
@@ -241,6 +241,14 @@ class Stack:
         with self._vendor_client() as client:
             client.post("/_fake/reply", json={"text": text, "chunk": chunk, "delay": delay}
                         ).raise_for_status()
+
+    def fail(self, *faults: dict[str, Any]) -> None:
+        """Make the fake vendor fail requests as `faults` say, replacing any earlier ones
+        (none: fail nothing), e.g. `fail({"vendor": "openai", "key": "-a", "status": 429,
+        "times": 2})`; the fields are in `egressguard.tools.fakevendor`'s docstring.
+        `reset_received` clears them too."""
+        with self._vendor_client() as client:
+            client.post("/_fake/faults", json={"faults": list(faults)}).raise_for_status()
 
     def _vendor_client(self) -> httpx.Client:
         ctx = ssl.create_default_context(cafile=str(self.pki / "ca.pem"))
