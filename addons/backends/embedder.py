@@ -7,7 +7,8 @@ torch or sentence-transformers (neither installs at a sane size).
 - What sentence-transformers computes for this model: WordPiece tokens
   (core/wordpiece.py, from the shipped vocab.txt: the same ids as HF `tokenizers`),
   BERT (6 layers, 12 heads, post-LayerNorm), the mean of every token's output (CLS
-  and SEP included, as the attention mask does), then L2 normalisation. Checked against published values in tests/test_embedder.py.
+  and SEP included, as the attention mask does), then L2 normalisation. Checked
+  against published values in tests/test_embedder.py.
 - GELU is the exact erf form the model was trained with (`hidden_act: gelu`), with erf
   from Abramowitz & Stegun 7.1.26, whose error (1.5e-7) is below float32's resolution
   here; the tanh approximation would move outputs by up to ~1e-3.
