@@ -23,6 +23,7 @@ def __getattr__(name: str) -> Any:
     from egressguard.pipeline.metrics import Metrics
     from egressguard.pipeline.policyload import PolicyLoader
     from egressguard.pipeline.redact import Redact
+    from egressguard.pipeline.relay import Relay
     from egressguard.pipeline.response import ResponseWatch
     from egressguard.pipeline.shutdown import Shutdown
     from egressguard.pipeline.tracing import Tracing
@@ -46,6 +47,7 @@ def __getattr__(name: str) -> Any:
         Enforce(),  # policy rules, clamps, limits reserved (and settled at the end)
         Redact(),  # PII and secrets masked, pseudonymised or blocked per the rule's plan
         Inject(),  # strip agent credentials, add the real key from Vault
+        Relay(),  # rules with retries, failover, a key pool or a cache: attempts made here
         UpstreamMap(),  # air-gapped sites: where a vendor host is reached
         Audit(),  # one hash-chained record per flow, durable before the answer
         Metrics(),  # /metrics, /healthz, /readyz on their own port; counts Audit's records

@@ -69,6 +69,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         state=args.state, certs=args.certs, upstream_map=args.upstream_map or [],
         upstream_ca=args.upstream_ca, secret_ttl=args.secret_ttl,
         vault_timeout=args.vault_timeout, limits_store=args.limits_store,
+        cache_store=args.cache_store,
         policy_poll=args.policy_poll, sinks=args.sinks, node=args.node,
         signing_key=args.signing_key or str(args.state / "audit-signing.key"),
         metrics_listen="{}:{}".format(*args.metrics_listen) if args.metrics_listen else "",
@@ -299,7 +300,8 @@ def _filters(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     return Filters(since=args.since, until=args.until, agent=args.agent or [],
                    team=args.team or [], vendor=args.vendor or [], model=args.model or [],
                    decision=args.decision or [], rule=args.rule or [],
-                   entity=args.entity or [], status=args.status or [])
+                   entity=args.entity or [], status=args.status or [],
+                   cache=args.cache or [])
 
 
 def _output(args: argparse.Namespace) -> str:
@@ -456,6 +458,10 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--limits-store", default=os.environ.get("EGRESSGUARD_LIMITS_STORE", ""),
                    metavar="URL", help="redis://HOST:PORT/DB to share rate limits and budgets "
                    "between replicas (default: this process only; env EGRESSGUARD_LIMITS_STORE)")
+    r.add_argument("--cache-store", default=os.environ.get("EGRESSGUARD_CACHE_STORE", ""),
+                   metavar="URL", help="redis://HOST:PORT/DB to share cached answers between "
+                   "replicas, for rules with `cache:` (default: this process only; env "
+                   "EGRESSGUARD_CACHE_STORE)")
     r.add_argument("--node", metavar="NAME", help="this instance's name in its audit records "
                    "(default: the host name)")
     r.add_argument("--signing-key", metavar="FILE|vault:MOUNT/PATH#FIELD",
@@ -595,7 +601,8 @@ def parser() -> argparse.ArgumentParser:
                        ("model", "model"), ("decision", "allow or deny"),
                        ("rule", "deciding rule"),
                        ("entity", "records with redactions of this entity type"),
-                       ("status", "HTTP status (403) or class (5xx)")):
+                       ("status", "HTTP status (403) or class (5xx)"),
+                       ("cache", "cache status: hit, miss or bypass")):
         select.add_argument(f"--{name}", action="append", metavar=name.upper(),
                             help=f"{what} (repeatable: any of them)")
     shape = argparse.ArgumentParser(add_help=False)

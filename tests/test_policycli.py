@@ -80,7 +80,7 @@ def test_lint_reports_every_problem_with_its_place(
         "(allowed: bot)",
         f"{bad}:6:5: unknown key 'modles' in rule 'r'; did you mean 'models'? (allowed: name, "
         "description, match, action, reason, models, endpoints, max_tokens, tools, streaming, "
-        "max_request_bytes, redact, secret, key_pool, limits)",
+        "max_request_bytes, redact, secret, key_pool, limits, route, retry, fallback, cache)",
         f"{bad}:8:5: rule name 'r' is used twice (first on line 4); names must be unique",
     ]
     assert err == f"{bad}: {len(out.splitlines())} errors; the policy cannot be loaded\n"

@@ -18,6 +18,11 @@ from egressguard.core.records import RequestFacts, build, new_id, rfc3339
 
 SCHEMA_FILE = "schemas/audit-record.v1.json"
 STARTED = 1_700_000_000.123
+ROUTING = {"requested_model": "gpt-4o", "model": "gpt-4o-mini", "by": ["team"]}
+ATTEMPTS = [{"vendor": "openai", "model": "gpt-4o-mini", "key": "egressguard/openai/org-a",
+             "status": 429, "error": None, "ms": 12.5},
+            {"vendor": "openai", "model": "gpt-4o-mini", "key": "egressguard/openai/org-b",
+             "status": 200, "error": None, "ms": 310.0}]
 
 
 @cache
@@ -46,6 +51,8 @@ def full_facts() -> RequestFacts:
         message=None, status=200, error=None, latency_ms=812.5, upstream_ms=640.25, bytes_in=1234,
         bytes_out=5678, usage={"input_tokens": 12, "output_tokens": 34}, spend_usd=0.000027,
         credential={"path": "egressguard/vendors/openai", "version": 3},
+        routing=ROUTING, attempts=ATTEMPTS, cache={"status": "miss"},
+        savings={"routing_usd": 0.000201},
     )
 
 
@@ -124,7 +131,8 @@ def test_a_full_record() -> None:
         "upstream_ms": 640.25, "bytes_in": 1234, "bytes_out": 5678,
         "usage": {"input_tokens": 12, "output_tokens": 34}, "spend_usd": 0.000027,
         "credential": {"path": "egressguard/vendors/openai", "version": 3},
-        "websocket": None, "checkpoint": None,
+        "routing": ROUTING, "attempts": ATTEMPTS, "served_by": None, "cache": {"status": "miss"},
+        "savings": {"routing_usd": 0.000201}, "websocket": None, "checkpoint": None,
     }
 
 
@@ -134,7 +142,8 @@ def test_a_minimal_record_defaults_to_nulls() -> None:
     assert nulls == ["node", "agent", "team", "token_id", "vendor", "model", "stream", "policy",
                      "rule", "clamps", "limits", "redactions", "response_redactions", "error",
                      "latency_ms", "upstream_ms", "usage", "spend_usd", "credential",
-                     "websocket", "checkpoint"]
+                     "routing", "attempts", "served_by", "cache", "savings", "websocket",
+                     "checkpoint"]
     assert (record["kind"], record["decision"], record["bytes_in"], record["bytes_out"]) == (
         "connect", "deny", 0, 0)
 

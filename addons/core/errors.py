@@ -97,6 +97,13 @@ class AnswerRefused(EgressError):
     kind = "api_error"
 
 
+class UpstreamFailed(EgressError):
+    """Every attempt at the vendor (and its fallbacks) failed without an answer."""
+
+    status = 502
+    kind = "api_error"
+
+
 class LimitExceeded(EgressError):
     """A rate limit or budget is used up; `retry_after` seconds until it frees up."""
 

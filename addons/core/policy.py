@@ -24,6 +24,17 @@ from egressguard.core.apis import ENDPOINTS
 from egressguard.core.globs import Globs
 from egressguard.core.limits import LIMIT_NAMES, LimitSpec, PriceTable, load_prices
 from egressguard.core.redact.detect import Detector
+from egressguard.core.resilience import (
+    PICKS,
+    CachePlan,
+    Downgrade,
+    Fallback,
+    KeyPool,
+    Objective,
+    Resilience,
+    Retry,
+    Route,
+)
 from egressguard.core.rules import (
     UNNAMED,
     Ask,
@@ -53,7 +64,7 @@ _AGENT = ("team", "labels", "limits", "description")
 _TEAM = ("labels", "limits", "description")
 _RULE = ("name", "description", "match", "action", "reason", "models", "endpoints",
          "max_tokens", "tools", "streaming", "max_request_bytes", "redact", "secret",
-         "key_pool", "limits")
+         "key_pool", "limits", "route", "retry", "fallback", "cache")
 _MATCH = ("agents", "teams", "labels", "vendors", "hosts", "paths", "models")
 _SECRETS = ("mount", "field", "path", "vendors", "teams", "agents")
 _PASSTHROUGH = ("host", "ports")
@@ -332,11 +343,8 @@ class _Reader(Reader):
         secret = spec.get("secret")
         if secret is not None and not self.template((*path, "secret"), secret):
             secret = None
-        pool = ()
-        if "key_pool" in spec:
-            pool = self.strings(spec["key_pool"], (*path, "key_pool"), "key_pool") or ()
-            pool = tuple(t for i, t in enumerate(pool)
-                         if self.template((*path, "key_pool", i), t))
+        pool = self.key_pool(spec["key_pool"], (*path, "key_pool")) if "key_pool" in spec \
+            else None
         return Rule(
             name=name, match=match,
             action=self.choice(spec, (*path, "action"), ("allow", "deny"), "allow"),
@@ -353,11 +361,146 @@ class _Reader(Reader):
                     if "redact" in spec else MappingProxyType({})),
             plan=(plan := MappingProxyType(entities.expand(dict(redact)))),
             answers=MappingProxyType(entities.answer_plan(dict(plan))),
-            secret=secret, key_pool=pool,
+            secret=secret, key_pool=pool.keys if pool else (),
             limits=self.rule_limits(spec["limits"], (*path, "limits")) if "limits" in spec
             else MappingProxyType({}),
+            route=self.route(spec["route"], (*path, "route")) if "route" in spec else None,
+            resilience=Resilience(
+                retry=self.retry(spec["retry"], (*path, "retry")) if "retry" in spec else None,
+                fallback=self.fallback(spec["fallback"], (*path, "fallback"))
+                if "fallback" in spec else (),
+                pool=pool,
+                cache=self.cache(spec["cache"], (*path, "cache")) if "cache" in spec else None),
             line=self.doc.where(path, "").line,
         )
+
+    # -- spend less, fail less (core/resilience.py) ---------------------------------------
+    def key_pool(self, value: Any, path: tuple[str | int, ...]) -> KeyPool | None:
+        """A list of key locations, or {keys: [...], pick: round_robin|least_recently_limited}."""
+        pick, keys_path = "round_robin", path
+        if isinstance(value, dict):
+            self.keys(value, path, ("keys", "pick"), "key_pool")
+            pick = self.choice(value, (*path, "pick"), PICKS, "round_robin")
+            value, keys_path = value.get("keys"), (*path, "keys")
+        keys = self.strings(value, keys_path, "key_pool") or ()
+        keys = tuple(t for i, t in enumerate(keys) if self.template((*keys_path, i), t))
+        return KeyPool(keys, pick) if keys else None
+
+    def retry(self, value: Any, path: tuple[str | int, ...]) -> Retry | None:
+        """`retry: N` (attempts in all), or {attempts, within, backoff}."""
+        if type(value) is int:
+            value = {"attempts": value}
+        spec = self.mapping(value, path, "`retry` (attempts in all, or {attempts, within, "
+                            "backoff})")
+        self.keys(spec, path, ("attempts", "within", "backoff"), "retry")
+        attempts = self.positive_int(spec.get("attempts", 3), (*path, "attempts"),
+                                     "`retry.attempts` (the first attempt included)")
+        if attempts is not None and attempts > 10:
+            self.problem((*path, "attempts"), f"`retry.attempts` is at most 10 (found "
+                         f"{attempts}): each attempt can hold an agent for a vendor timeout")
+            attempts = None
+        within = self.duration(spec["within"], (*path, "within")) if "within" in spec else 30.0
+        backoff = self.duration(spec["backoff"], (*path, "backoff")) if "backoff" in spec \
+            else 0.25
+        if attempts is None or within is None or backoff is None:
+            return None
+        return Retry(attempts, within, backoff)
+
+    def fallback(self, value: Any, path: tuple[str | int, ...]) -> tuple[Fallback, ...]:
+        entries = value if isinstance(value, list) else [value]
+        out = []
+        for i, entry in enumerate(entries):
+            where: tuple[str | int, ...] = (*path, i) if isinstance(value, list) else path
+            spec = self.mapping(entry, where, "a fallback ({vendor, model, ...})")
+            self.keys(spec, where, ("vendor", "model", "secret", "host", "deployment",
+                                    "api_version"), "a fallback")
+            vendor, model = spec.get("vendor"), spec.get("model")
+            if vendor not in self.vendors.names:
+                self.problem((*where, "vendor"), unknown_key_message(
+                    str(vendor), self.vendors.names, "the vendor catalogue").replace(
+                    "unknown key", "unknown vendor") if vendor is not None
+                    else "a fallback needs `vendor:`")
+                continue
+            if not isinstance(model, str) or not model:
+                self.problem((*where, "model"), "a fallback needs `model:`, the model to ask "
+                             f"{vendor} for")
+                continue
+            secret = spec.get("secret")
+            if secret is not None and not self.template((*where, "secret"), secret):
+                continue
+            host = spec.get("host")
+            if vendor == "azure_openai" and host is None:
+                self.problem(where, "an Azure OpenAI fallback needs `host:` (your "
+                             "resource, e.g. myco.openai.azure.com)")
+                continue
+            if host is not None and (host := self.host(host, (*where, "host"))) is None:
+                continue
+            extra = {k: str(spec[k]) for k in ("deployment", "api_version") if k in spec}
+            out.append(Fallback(vendor, model, secret, host, **extra))
+        return tuple(out)
+
+    def route(self, value: Any, path: tuple[str | int, ...]) -> Route | None:
+        spec = self.mapping(value, path, "`route` ({aliases, teams, small_prompts})")
+        self.keys(spec, path, ("aliases", "teams", "small_prompts"), "route")
+        aliases = {str(k): v for k, v in self.mapping(
+            spec.get("aliases", {}), (*path, "aliases"), "`route.aliases` (name: model)").items()
+            if self.model_name(v, (*path, "aliases", k))}
+        teams = {}
+        for team, downgrades in self.mapping(spec.get("teams", {}), (*path, "teams"),
+                                             "`route.teams` (team: {model glob: model})").items():
+            where = (*path, "teams", team)
+            teams[str(team)] = tuple(
+                Downgrade(Globs((str(glob),)), to) for glob, to in self.mapping(
+                    downgrades, where, f"team {team}'s downgrades ({{model glob: model}})").items()
+                if self.model_name(to, (*where, glob)))
+        objective = None
+        if "small_prompts" in spec:
+            where = (*path, "small_prompts")
+            small = self.mapping(spec["small_prompts"], where,
+                                 "`small_prompts` ({under_tokens, to, models, without_tools})")
+            self.keys(small, where, ("under_tokens", "to", "models", "without_tools"),
+                      "small_prompts")
+            under = self.positive_int(small.get("under_tokens"), (*where, "under_tokens"),
+                                      "`small_prompts.under_tokens`")
+            to = small.get("to")
+            if under is not None and self.model_name(to, (*where, "to")):
+                objective = Objective(under, to, self.globs(small, where, "models", "models"),
+                                      self.boolean(small, (*where, "without_tools"), True))
+        if not (aliases or teams or objective):
+            return None
+        return Route(MappingProxyType(aliases), MappingProxyType(teams), objective)
+
+    def model_name(self, value: Any, path: tuple[str | int, ...]) -> bool:
+        if isinstance(value, str) and value and "*" not in value:
+            return True
+        self.problem(path, f"expected the name of a model to send (no globs), found {value!r}")
+        return False
+
+    def cache(self, value: Any, path: tuple[str | int, ...]) -> CachePlan | None:
+        """{exact: {ttl}, semantic: {ttl, threshold}}; `exact: true` / `ttl` default 1h."""
+        spec = self.mapping(value, path, "`cache` ({exact: {ttl}, semantic: {ttl, "
+                            "threshold}})")
+        self.keys(spec, path, ("exact", "semantic"), "cache")
+        ttls: dict[str, float | None] = {"exact": None, "semantic": None}
+        threshold = 0.95
+        for kind in ttls:
+            if kind not in spec or spec[kind] is False:
+                continue
+            part = {} if spec[kind] is True else self.mapping(
+                spec[kind], (*path, kind), f"`cache.{kind}` (true, or {{ttl, ...}})")
+            self.keys(part, (*path, kind), ("ttl", "threshold") if kind == "semantic"
+                      else ("ttl",), f"cache.{kind}")
+            ttls[kind] = self.duration(part["ttl"], (*path, kind, "ttl")) if "ttl" in part \
+                else 3600.0
+            if "threshold" in part:
+                t = part["threshold"]
+                if type(t) not in (int, float) or not 0.5 <= t <= 1:
+                    self.problem((*path, kind, "threshold"), "`threshold` is a cosine "
+                                 f"similarity between 0.5 and 1 (e.g. 0.95), found {t!r}")
+                else:
+                    threshold = float(t)
+        plan = CachePlan(ttls["exact"], ttls["semantic"], threshold)
+        return plan if plan.on else None
 
     def match(self, value: Any, path: tuple[str | int, ...]) -> Match:
         spec = self.mapping(value, path, "`match`")

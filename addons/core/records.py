@@ -66,6 +66,11 @@ class RequestFacts:
     usage: dict[str, int | None] | None = None
     spend_usd: float | None = None  # usage at the policy's price table
     credential: dict[str, Any] | None = None
+    routing: dict[str, Any] | None = None  # {requested_model, model, by}: the rule's route
+    attempts: list[dict[str, Any]] | None = None  # the relay's tries: vendor, key, status
+    served_by: dict[str, Any] | None = None  # {vendor, model} when a fallback answered
+    cache: dict[str, Any] | None = None  # {status: hit/miss/bypass, kind, similarity, why}
+    savings: dict[str, Any] | None = None  # {cache_tokens, cache_usd} or {routing_usd}
     websocket: dict[str, Any] | None = None  # a WebSocket session's close (core/realtime.py)
     checkpoint: dict[str, Any] | None = None
 
@@ -115,6 +120,11 @@ def build(facts: RequestFacts) -> dict[str, Any]:
         "usage": facts.usage,
         "spend_usd": facts.spend_usd,
         "credential": facts.credential,
+        "routing": facts.routing,
+        "attempts": facts.attempts,
+        "served_by": facts.served_by,
+        "cache": facts.cache,
+        "savings": facts.savings,
         "websocket": facts.websocket,
         "checkpoint": facts.checkpoint,
     }

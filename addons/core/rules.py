@@ -20,6 +20,7 @@ from typing import Any
 from egressguard.core.apis import EXPLICIT_ENDPOINTS
 from egressguard.core.globs import Globs
 from egressguard.core.limits import LimitSpec
+from egressguard.core.resilience import Resilience, Route
 
 UNNAMED = "-"  # a missing agent or team name, in counter keys
 
@@ -129,6 +130,8 @@ class Rule:
     secret: str | None = None  # Vault path template, instead of the `secrets:` default
     key_pool: tuple[str, ...] = ()
     limits: Mapping[str, LimitSpec] = _frozen_map()  # "agent" / "team" -> spec
+    route: Route | None = None  # model rewrites: aliases, team downgrades, by objective
+    resilience: Resilience = Resilience()  # retries, failover, key pool, cache
     line: int = 0  # where the rule starts in its file, for messages
 
 
@@ -142,6 +145,8 @@ class Decision:
     team: str | None = None  # the policy's team for the agent, else its token's
     max_tokens: int | None = None  # set: the request's output cap must become this
     status: int = 403
+    model: str | None = None  # set: the rule's route rewrote the model to this
+    routed_by: tuple[str, ...] = ()  # what rewrote it ("alias", "team", "objective")
     trace: tuple[str, ...] = ()
 
     @property
@@ -230,6 +235,12 @@ def _apply(rule: Rule, ask: Ask, team: str | None) -> Decision:
 
     if rule.action == "deny":
         return deny("denied_by_rule", rule.reason or "this request is not allowed")
+    routed, routed_by = None, ()
+    if rule.route is not None and ask.model is not None and ask.cap == "body":
+        # constraints hold for the model that will be sent, not the name asked for
+        model, routed_by = rule.route.apply(ask.model, team, ask.body_bytes, bool(ask.tools))
+        if routed_by:
+            routed, ask = model, replace(ask, model=model)
     if rule.models is not None and ask.model is not None and not rule.models(ask.model):
         return deny("model_not_allowed", f"model {ask.model!r} is not allowed; allowed: "
                     f"{', '.join(rule.models.patterns)}")
@@ -273,4 +284,4 @@ def _apply(rule: Rule, ask: Ask, team: str | None) -> Decision:
             return deny("max_tokens_over_cap", f"max_tokens {ask.max_tokens} is over the cap "
                         f"of {cap}; ask for {cap} or fewer", status=400)
     return Decision(True, "allowed", f"allowed by policy rule {rule.name!r}", rule, ask.agent,
-                    team, max_tokens=clamp, status=200)
+                    team, max_tokens=clamp, status=200, model=routed, routed_by=routed_by)

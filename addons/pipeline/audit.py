@@ -25,7 +25,9 @@ from egressguard.backends.journal import Journal, JournalError, JournalFull, Set
 from egressguard.backends.signing import SigningKeyError, load_signing_key
 from egressguard.core import limits, records
 from egressguard.core.errors import EgressError, SecretUnavailable
+from egressguard.core.limits import PriceTable
 from egressguard.core.sinkconfig import load_sinks
+from egressguard.core.usage import Usage
 from egressguard.core.yamlsource import ConfigError
 from egressguard.pipeline import flowstate
 from egressguard.pipeline.response import StreamTap
@@ -82,16 +84,36 @@ def facts(flow: http.HTTPFlow) -> records.RequestFacts:
             f.upstream_ms = round((resp.timestamp_start - req.timestamp_end) * 1000, 3)
     if flow.error is not None:  # a flow shutdown cut off says so (not "client disconnected")
         f.error = meta.get(flowstate.SHUTDOWN_CUT) or flow.error.msg
+    f.routing, f.cache = meta.get(flowstate.ROUTING), meta.get(flowstate.CACHE)
+    f.attempts, f.served_by = meta.get(flowstate.ATTEMPTS) or None, meta.get(flowstate.SERVED_BY)
     if usage is not None:
-        f.usage = usage.as_record()
-        prices = policy.prices if policy is not None else None
-        if prices is not None and f.vendor and f.model and refusal is None:
-            price = prices.price(f.vendor, f.model)
-            cost = limits.settled(usage, price) if price else None
-            f.spend_usd = cost.spend_micros / 1_000_000 if cost else None
+        _spend(f, usage, policy.prices if policy is not None and refusal is None else None)
     if secret is not None:
         f.credential = {"path": secret.ref.path, "version": secret.ref.version}
     return f
+
+
+def _spend(f: records.RequestFacts, usage: Usage, prices: PriceTable | None) -> None:
+    """Usage and spend at the price of what served the request (a fallback's model, if
+    one answered); what the cache and the routing saved against what was asked for."""
+    f.usage = usage.as_record()
+    served = f.served_by or {"vendor": f.vendor, "model": f.model}
+
+    def cost(vendor: str | None, model: str | None) -> float | None:
+        price = prices.price(vendor, model) if prices and vendor and model else None
+        settled = limits.settled(usage, price) if price else None
+        return settled.spend_micros / 1_000_000 if settled else None
+
+    f.spend_usd = cost(served["vendor"], served["model"])
+    if (f.cache or {}).get("status") == "hit":  # nothing was sent: nothing spent
+        tokens = sum(v for k, v in f.usage.items() if k in ("input_tokens", "output_tokens")
+                     and isinstance(v, int))
+        f.savings = {"cache_tokens": tokens, "cache_usd": f.spend_usd}
+        f.usage, f.spend_usd = None, 0.0
+    elif f.routing is not None and f.spend_usd is not None:
+        asked = cost(f.vendor, f.routing["requested_model"])
+        if asked is not None:
+            f.savings = {"routing_usd": round(asked - f.spend_usd, 9)}
 
 
 _JOURNAL_OPTIONS = {

@@ -116,6 +116,8 @@ class Enforce:
             flowstate.refuse(flow, refusal(decision))
             return
         info = flow.metadata[flowstate.REQUEST]
+        if decision.model is not None and not self._route(flow, ask, decision):
+            return
         groups = None
         if batches.is_container(ask.endpoint, ask.method):
             try:
@@ -141,6 +143,26 @@ class Enforce:
                                                               "to": decision.max_tokens}}
             max_tokens = decision.max_tokens
         await self._reserve(flow, policy, decision, ask, max_tokens, groups)
+
+    @staticmethod
+    def _route(flow: http.HTTPFlow, ask: Ask, decision: Decision) -> bool:
+        """Send the model the rule's route chose (the record keeps both); False if the
+        request was refused because its model cannot be rewritten."""
+        info = flow.metadata[flowstate.REQUEST]
+        body = info.body
+        if not isinstance(body, dict) or body.get("model") != ask.model:
+            flowstate.refuse(flow, BadRequest(
+                f"policy rule {decision.rule_name!r} routes model {ask.model!r} to "
+                f"{decision.model!r}, and this request names its model in the URL, which "
+                "egressguard does not rewrite; ask for the model directly",
+                reason="route_unsupported"))
+            return False
+        flow.metadata[flowstate.ROUTING] = {"requested_model": ask.model,
+                                            "model": decision.model,
+                                            "by": list(decision.routed_by)}
+        body["model"] = info.model = ask.model = decision.model
+        flow.request.content = orjson.dumps(body)
+        return True
 
     def _govern_batch(self, flow: http.HTTPFlow, policy: Policy, ask: Ask,
                       decision: Decision) -> list[batches.Group] | None:
@@ -272,8 +294,9 @@ class Enforce:
             return
         reservation, price = held
         usage: Usage | None = flow.metadata.get(flowstate.USAGE)
-        if flowstate.REFUSAL in flow.metadata:  # refused after reserving: nothing was sent
-            actual: limits.Cost | None = limits.Cost(1, 0, 0)
+        if flowstate.REFUSAL in flow.metadata or flow.metadata.get(
+                flowstate.CACHE, {}).get("status") == "hit":  # nothing was sent: a request
+            actual: limits.Cost | None = limits.Cost(1, 0, 0)  # counted, no tokens, no spend
         else:
             actual = limits.settled(usage, price)
         if actual is None:

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 
 from mitmproxy import ctx, exceptions, http
 
 from egressguard.backends.vault import SecretStore, VaultConfig, VaultStore
 from egressguard.core import credentials
-from egressguard.core.errors import SecretUnavailable
+from egressguard.core.errors import LimitExceeded, SecretUnavailable
+from egressguard.core.keypool import KeyPools
 from egressguard.core.rules import Rule
+from egressguard.core.secret import SecretLocation
 from egressguard.pipeline import flowstate
 
 log = logging.getLogger(__name__)
@@ -30,7 +33,7 @@ _KEY_LEAKING_OPTIONS = (
 class Inject:
     def __init__(self, store: SecretStore | None = None) -> None:
         self.store = store
-        self._turns: dict[str, int] = {}  # rule name -> requests sent with its key pool
+        self.pools = KeyPools()  # what the vendors said of each pooled key
         self._token_keeper: asyncio.Future[None] | None = None
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
@@ -66,13 +69,34 @@ class Inject:
         if isinstance(self.store, VaultStore):
             self.store.close()
 
-    def _template(self, rule: Rule | None) -> str | None:
-        """The rule's own key location; a key pool's in turn (round robin)."""
-        if rule is None or not rule.key_pool:
-            return rule.secret if rule else None
-        turn = self._turns.get(rule.name, 0)
-        self._turns[rule.name] = turn + 1
-        return rule.key_pool[turn % len(rule.key_pool)]
+    def _location(self, flow: http.HTTPFlow, vendor: str) -> SecretLocation | None:
+        """The rule's own key location, a pool's next usable key (core/keypool.py), or
+        the policy's `secrets:` default. None: every key of the pool rests (refused
+        here unless the rule has a fallback to go to)."""
+        decision = flow.metadata[flowstate.DECISION]
+        policy = flow.metadata[flowstate.POLICY]
+        rule: Rule | None = decision.rule
+        pool = rule.resilience.pool if rule is not None else None
+        if rule is None or pool is None or len(pool.keys) < 2:
+            template = (pool.keys[0] if pool else rule.secret) if rule else None
+            return policy.secrets.location_for(vendor, decision.agent, decision.team, template)
+        locations = {where.path: where for where in (
+            policy.secrets.location_for(vendor, decision.agent, decision.team, template)
+            for template in pool.keys)}
+        flow.metadata[flowstate.POOL] = locations
+        self.pools.reset_for(policy.digest)
+        path = self.pools.pick(rule.name, list(locations), pool.pick)
+        if path is None and not rule.resilience.fallback:
+            wait = self.pools.rests_for(list(locations))
+            flowstate.refuse(flow, LimitExceeded(
+                f"every key of policy rule {rule.name!r}'s pool is resting after the "
+                f"vendor's 429s" if wait is not None else f"every key of policy rule "
+                f"{rule.name!r}'s pool was refused by the vendor (operators: see the proxy "
+                "log)", reason="key_pool_exhausted", retry_after=math.ceil(wait or 60)))
+        if path is None:
+            return None
+        flow.metadata[flowstate.POOL_PICK] = path
+        return locations[path]
 
     @flowstate.fail_closed
     async def request(self, flow: http.HTTPFlow) -> None:
@@ -81,11 +105,13 @@ class Inject:
         assert self.store is not None
         dest = flow.metadata[flowstate.DESTINATION]
         vendor = dest.vendor
-        decision = flow.metadata[flowstate.DECISION]
-        where = flow.metadata[flowstate.POLICY].secrets.location_for(
-            vendor.name, decision.agent, decision.team, self._template(decision.rule))
+        where = self._location(flow, vendor.name)
+        if flow.response is not None:
+            return
+        secret = None
         try:
-            secret = await self.store.get(vendor, where)
+            if where is not None:
+                secret = await self.store.get(vendor, where)
         except SecretUnavailable as err:
             log.warning("refusing %s request: %s", vendor.name, err.message)
             flowstate.refuse(flow, err)
@@ -96,11 +122,14 @@ class Inject:
         presented = credentials.presented(sent_headers, query, vendor)
         if credentials.needs_query_strip(query, vendor, presented):
             request.query = credentials.strip_query(query, vendor, presented)
-        headers = credentials.inject(credentials.strip(sent_headers, vendor, presented),
-                                     vendor, secret, dest.host)  # not request.host: see Destination
+        headers = credentials.strip(sent_headers, vendor, presented)
+        if secret is not None:  # None: the relay goes straight to the rule's fallback
+            headers = credentials.inject(headers, vendor, secret, dest.host)  # not
+            # request.host: see Destination
         # mitmproxy decodes header bytes with surrogateescape: encode them back the same
         # way, so no byte sequence an agent sends can make the swap fail.
         request.headers = http.Headers(
             [(k.encode("utf-8", "surrogateescape"), v.encode("utf-8", "surrogateescape"))
              for k, v in headers])
-        flow.metadata[flowstate.SECRET] = secret
+        if secret is not None:
+            flow.metadata[flowstate.SECRET] = secret

@@ -201,8 +201,10 @@ class ResponseWatch:
 
     @staticmethod
     def _keys(flow: http.HTTPFlow) -> list[bytes]:
-        secret = flow.metadata.get(flowstate.SECRET)
-        return [secret.fingerprint_bytes()] if secret is not None else []
+        keys = [s.fingerprint_bytes() for s in flow.metadata.get(flowstate.OTHER_SECRETS, ())]
+        if (secret := flow.metadata.get(flowstate.SECRET)) is not None:
+            keys.append(secret.fingerprint_bytes())
+        return keys
 
 
 def _scrub_headers(headers: http.Headers, scrubber: KeyScrubber) -> None:

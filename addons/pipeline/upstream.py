@@ -178,6 +178,10 @@ class UpstreamMap:
             return  # refused at requestheaders
         else:
             host, target = dest.host, dest.route
+            if (relay := flow.metadata.get(flowstate.RELAY)) is not None:
+                # the relay (pipeline/relay.py) makes the attempts: plain HTTP on loopback
+                target = relay
+                flow.request.data.scheme = b"http"
         self.names.setdefault(flow.client_conn, {})[target] = host
         # data.*: the public setters would also rewrite the Host header
         flow.request.data.host, flow.request.data.port = target

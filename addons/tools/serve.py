@@ -34,6 +34,7 @@ class ServeConfig:
     secret_ttl: float = 60.0
     vault_timeout: float = 2.0
     limits_store: str = ""  # redis:// URL; empty: counters in this process
+    cache_store: str = ""  # redis:// URL; empty: cached answers in this process
     policy_poll: float = 1.0  # seconds; 0: reload on SIGHUP only
     sinks: Path | None = None  # ship the journal to these sinks (a child process)
     node: str | None = None
@@ -91,6 +92,7 @@ def mitmproxy_options(config: ServeConfig, ca_files: ca.CaFiles) -> dict[str, ob
         "egressguard_secret_ttl": config.secret_ttl,
         "egressguard_vault_timeout": config.vault_timeout,
         "egressguard_limits_store": config.limits_store,
+        "egressguard_cache_store": config.cache_store,
         "egressguard_policy_poll": config.policy_poll,
         "egressguard_sinks": str(config.sinks or ""),
         "egressguard_node": config.node or "",
