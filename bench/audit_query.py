@@ -20,7 +20,11 @@ limits, identity, redaction, CONNECT to a non-vendor host); request redactions o
 8 % of records (EMAIL_ADDRESS, PHONE_NUMBER, PERSON, ..., secrets masked or blocked) and
 secrets masked in a few answers; latencies with long tails; vendor 429s and 5xx (and a
 two-hour outage of one vendor); about a third of chat requests streamed; clamps, limit
-states, credential references, and a policy reload record now and then.
+states, credential references, and a policy reload record now and then. Some teams' rules
+relay (every attempt recorded): they retry 429s, 5xx and connection errors, fail over to
+another vendor, keep a response cache (exact and semantic hits with what they saved,
+misses, bypasses) or route models (team downgrades, small prompts, an alias), with what
+the routing saved at the two models' prices.
 
 Then each question is run as an auditor runs it, `egressguard audit ... --json` in a
 subprocess, wall clock of the whole command (interpreter start, imports, opening or
@@ -32,8 +36,8 @@ generator's own tally:
   (a)    `audit query --since <end - 7 d> --team payments --decision deny --json`:
          the ids must be exactly the generator's
   (b)    `audit stats --by team,model --since <end - 30 d> --json`: per group requests,
-         denials, tokens, spend, p50/p95 latency and redactions per entity type must be
-         the generator's
+         denials, tokens, spend, p50/p95 latency, redactions per entity type, cache hits,
+         tokens and dollars saved, failovers and retried requests must be the generator's
   (c)    `audit sql`: requests and spend per team per day over the whole period, checked
          per row
 
@@ -100,7 +104,7 @@ END = datetime(2026, 12, 1, tzinfo=UTC)
 TARGET_S = 3.0
 QUERY_TEAM = "payments"
 MANIFEST = "bench-manifest.json"
-GENERATOR = "3"  # bump when the generated content changes: a reused folder must match
+GENERATOR = "4"  # bump when the generated content changes: a reused folder must match
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
 
@@ -211,6 +215,19 @@ PII = (("EMAIL_ADDRESS", "mask", 34), ("PHONE_NUMBER", "mask", 18),
 BLOCKED = ("OPENAI_API_KEY", "AWS_ACCESS_KEY", "PRIVATE_KEY", "GENERIC_SECRET",
            "STRIPE_SECRET_KEY")
 ANSWER_SECRETS = ("GITHUB_TOKEN", "AWS_ACCESS_KEY", "GENERIC_SECRET", "JWT")
+# the rules that relay: retries, a response cache (team: share of cacheable requests
+# answered from it), failover (team: vendor -> fallback model), routing (team downgrades,
+# small prompts to a cheaper model, an alias)
+RETRIES = ("support", "platform", "payments", "search", "mobile", "data-eng")
+CACHES = {"support": 0.22, "search": 0.35, "data-eng": 0.12, "mobile": 0.18}
+FALLBACKS = {"support": {"anthropic": "gpt-4.1-mini", "openai": "claude-haiku-4-5"},
+             "payments": {"openai": "claude-haiku-4-5"}}
+ROUTES = {"support": {"gpt-4.1": "gpt-4.1-mini", "claude-sonnet-4-5": "claude-haiku-4-5"},
+          "growth": {"gpt-4.1": "gpt-4o-mini"}, "mobile": {"gpt-4.1": "gpt-4.1-mini"}}
+SMALL_PROMPTS = {"platform": ("gpt-4.1", "gpt-4.1-mini", 800)}  # from, to, input tokens under
+ALIASES = {"research": ("fast", "gpt-4o-mini", 0.04)}  # alias, model, share of openai chat
+BYPASS = (("temperature_absent", 30), ("temperature_not_zero", 10), ("hosted_tool", 2),
+          ("several_choices", 1))
 OUTAGE = ("anthropic", 41 * DAY_MS + 14 * HOUR_MS, 2 * HOUR_MS)  # vendor, from start, for
 HOUR_OF_DAY = (0.25, 0.2, 0.18, 0.2, 0.3, 0.45, 0.7, 1.0, 1.4, 1.7, 1.8, 1.8, 1.7, 1.9,
                2.0, 2.0, 1.9, 1.7, 1.3, 0.9, 0.7, 0.55, 0.4, 0.3)
@@ -297,6 +314,11 @@ class Group:
     spend_micros: int | None = None
     latencies: list[float] = field(default_factory=list)
     redactions: Counter[str] = field(default_factory=Counter)
+    cache_hits: int = 0
+    saved_tokens: int | None = None
+    saved_usd: float | None = None  # cache and routing
+    failovers: int = 0
+    retried: int = 0
 
 
 @dataclass(slots=True)
@@ -340,6 +362,15 @@ class Tally:
             for found in (f.redactions, f.response_redactions):
                 for entity, actions in (found or {}).items():
                     g.redactions[entity] += sum(actions.values())
+            g.cache_hits += (f.cache or {}).get("status") == "hit"
+            g.failovers += f.served_by is not None
+            g.retried += len(f.attempts or []) > 1
+            if (tokens := (f.savings or {}).get("cache_tokens")) is not None:
+                g.saved_tokens = (g.saved_tokens or 0) + tokens
+            usd = [v for k, v in (f.savings or {}).items() if k != "cache_tokens"
+                   and v is not None]
+            if usd:
+                g.saved_usd = (g.saved_usd or 0.0) + sum(usd)
         if f.kind == "request":
             row = self.daily.setdefault((f.team, ms // DAY_MS), [0, None])
             row[0] = int(row[0] or 0) + 1
@@ -350,7 +381,8 @@ class Tally:
         return {"end_ms": self.end_ms, "lines": self.lines, "kinds": dict(self.kinds),
                 "query_ids": sorted(self.query_ids),
                 "stats": [[k[0], k[1], g.requests, g.denials, g.tokens_in, g.tokens_out,
-                           g.spend_micros, g.latencies, dict(g.redactions)]
+                           g.spend_micros, g.latencies, dict(g.redactions), g.cache_hits,
+                           g.saved_tokens, g.saved_usd, g.failovers, g.retried]
                           for k, g in self.stats.items()],
                 "daily": [[k[0], k[1], *v] for k, v in self.daily.items()],
                 "content": dict(self.content), "spend_micros": self.spend_micros}
@@ -361,13 +393,25 @@ class Tally:
                 set(data["query_ids"]), content=Counter(data["content"]),
                 spend_micros=data["spend_micros"])
         for team, model, *g in data["stats"]:
-            t.stats[(team, model)] = Group(*g[:6], Counter(g[6]))
+            t.stats[(team, model)] = Group(*g[:6], Counter(g[6]), *g[7:])
         for team, day, count, spend in data["daily"]:
             t.daily[(team, day)] = [count, spend]
         return t
 
 
 # -- the generator ------------------------------------------------------------------------
+
+MODEL = {m.name: m for m in MODELS}
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    status: int  # 0: no answer
+    error: str | None
+    upstream_ms: float | None
+    overhead: float  # ms in the proxy (a retry's backoff too)
+    label: str  # for the summary
+
 
 def lognormal(rng: Random, median: float, sigma: float) -> float:
     return median * math.exp(rng.gauss(0.0, sigma))
@@ -388,6 +432,7 @@ class Traffic:
             raise SystemExit(f"bench: no price in policies/prices.yaml for {missing}")
         self.denial_weights = list(_accumulate(d[1] for d in DENIALS))
         self.pii_weights = list(_accumulate(p[2] for p in PII))
+        self.bypass_weights = list(_accumulate(b[1] for b in BYPASS))
         # a policy reload every ~12 days; digests are what the records name
         reloads = sorted(self.rng.randrange(self.start_ms, self.times[-1])
                          for _ in range(max(1, days // 12)))
@@ -416,6 +461,7 @@ class Traffic:
         _share, _count, stream_share, redact_rate, _vendors, has_limits = TEAMS[team]
         models, weights = self.team_models[team]
         model = models[bisect.bisect(weights, rng.random() * weights[-1])]
+        asked, model, by = self.route(rng, team, model)
         stream = model.kind != "embed" and rng.random() < stream_share
         path = model.path
         if model.vendor == "google":
@@ -435,6 +481,12 @@ class Traffic:
                                              1.1))) + 20
             tout = int(min(32_000, lognormal(rng, 320 if model.kind == "chat" else 1400,
                                              0.9))) + 1
+        small = SMALL_PROMPTS.get(team)
+        if small and asked is None and model.name == small[0] and tin < small[2]:
+            asked, model, by = model.name, MODEL[small[1]], ["objective"]
+            f.model = model.name
+        if asked is not None:
+            f.routing = {"requested_model": asked, "model": model.name, "by": by}
         f.bytes_in = tin * 4 + rng.randrange(200, 900)
         if rng.random() < redact_rate * 0.8:  # redacted in the request
             f.redactions = self.redactions(rng)
@@ -450,48 +502,110 @@ class Traffic:
                                        "to": 8192}}
         f.credential = {"path": f"egressguard/vendors/{model.vendor}",
                         "version": 3 if model.vendor == "openai" else 1}
-        # what the vendor did
-        overhead = lognormal(rng, 3.2, 0.5)
-        vendor, from_ms, length = OUTAGE
-        outage = model.vendor == vendor and 0 <= ms - self.start_ms - from_ms < length
-        r = rng.random()
-        if (outage and r < 0.45) or r < 0.004:
-            f.status = rng.choice((500, 502, 503, 504, 529) if model.vendor == "anthropic"
-                                  else (500, 502, 503, 504))
-            f.upstream_ms = round(lognormal(rng, 900 if f.status != 504 else 60_000, 0.7), 3)
-            f.bytes_out = rng.randrange(80, 400)
-            c["vendor 5xx"] += 1
-        elif r < 0.013:
-            f.status = 429
-            f.upstream_ms = round(lognormal(rng, 120, 0.5), 3)
-            f.bytes_out = rng.randrange(200, 400)
-            c["vendor 429"] += 1
-        elif r < 0.0135:
-            f.error = rng.choice(("Server disconnected", "peer closed connection without "
-                                  "sending complete message body", "TLS handshake failed"))
-            f.upstream_ms = None
-            overhead += lognormal(rng, 20_000, 1.0)
-            c["connection errors"] += 1
-        else:
-            f.status = 200
-            generation = tout / model.tokens_per_s * 1000 if model.tokens_per_s else 0.0
-            ttft = lognormal(rng, model.ttft_ms, 0.6)
-            if rng.random() < 0.01:
-                ttft *= rng.uniform(4, 15)  # the vendor's long tail
-            f.upstream_ms = round(ttft if stream else ttft + generation, 3)
-            overhead += generation if stream else 0.0
+        if team in CACHES:
+            if (hit := self.cache(rng, f, team, model, tin, tout)) is not None:
+                return f, hit
+        # what the vendor did, on every attempt the rule allows
+        served, attempts = model, [self.answer(rng, model, ms, stream, tout)]
+        if (team in RETRIES or team in FALLBACKS) and attempts[0].status != 200 and \
+                rng.random() < 0.9:
+            fallback = FALLBACKS.get(team, {}).get(model.vendor)
+            if fallback and attempts[0].status != 429:  # 5xx or no answer: fail over
+                served = MODEL[fallback]
+                f.served_by = {"vendor": served.vendor, "model": served.name}
+                c["failovers"] += 1
+            attempts.append(self.answer(rng, served, ms, stream, tout, retry=True))
+            c["retried"] += 1
+        if team in RETRIES or team in FALLBACKS or team in CACHES:
+            f.attempts = [{"vendor": m.vendor, "model": m.name,
+                           "key": f"egressguard/vendors/{m.vendor}", "status": a.status,
+                           "error": a.error, "ms": a.upstream_ms or 0.0}
+                          for m, a in zip((model, served), attempts, strict=False)]
+        last = attempts[-1]
+        c[last.label] += 1
+        f.status, f.error, f.upstream_ms = last.status or None, last.error, last.upstream_ms
+        overhead = sum(a.overhead for a in attempts)
+        if last.status == 200:
             f.usage = {"input_tokens": tin, "output_tokens": tout}
             f.bytes_out = (rng.randrange(12_000, 40_000) if model.kind == "embed" else
                            tout * (14 if stream else 4) + rng.randrange(300, 700))
             if rng.random() < 0.004:
                 f.response_redactions = {rng.choice(ANSWER_SECRETS): {"mask": 1}}
             c["streamed 200s"] += stream
-        f.latency_ms = round((f.upstream_ms or 0.0) + overhead, 3)
+        else:
+            f.bytes_out = rng.randrange(80, 400) if last.status else 0
+        f.latency_ms = round(sum(a.upstream_ms or 0.0 for a in attempts) + overhead, 3)
         spend = None
-        if f.usage is not None:  # as `limits.settled`
-            spend = limits.spend_micros(self.price[(model.vendor, model.name)], tin, tout)
+        if f.usage is not None:  # as `limits.settled`, at the price of what answered
+            spend = limits.spend_micros(self.price[(served.vendor, served.name)], tin, tout)
             f.spend_usd = spend / 1_000_000
+            if asked is not None and (asked_price := self.prices.price(model.vendor, asked)):
+                saved = limits.spend_micros(asked_price, tin, tout) - spend
+                f.savings = {"routing_usd": round(saved / 1_000_000, 9)}
+                c["routing saved micros"] += saved
         return f, spend
+
+    def route(self, rng: Random, team: str, model: Model) -> tuple[str | None, Model,
+                                                                      list[str]]:
+        """What the agent asked for (None: not routed), what is sent, and why."""
+        alias = ALIASES.get(team)
+        if alias and model.vendor == "openai" and model.kind == "chat" and \
+                rng.random() < alias[2]:
+            return alias[0], MODEL[alias[1]], ["alias"]
+        if (to := ROUTES.get(team, {}).get(model.name)) is not None:
+            return model.name, MODEL[to], ["team"]
+        return None, model, []
+
+    def cache(self, rng: Random, f: records.RequestFacts, team: str, model: Model, tin: int,
+              tout: int) -> int | None:
+        """The cache's part: a bypass or a miss (None: ask the vendor) or a hit, answered
+        here: spend 0, and what the answer cost when it was bought saved."""
+        if model.kind != "embed" and rng.random() < 0.43:
+            why = BYPASS[bisect.bisect(self.bypass_weights,
+                                       rng.random() * self.bypass_weights[-1])][0]
+            f.cache = {"status": "bypass", "why": why}
+            return None
+        if rng.random() >= CACHES[team]:
+            f.cache = {"status": "miss"}
+            return None
+        semantic = model.kind != "embed" and rng.random() < 0.3
+        f.cache = {"status": "hit", "kind": "semantic",
+                   "similarity": round(rng.uniform(0.92, 0.995), 4)} if semantic else \
+            {"status": "hit", "kind": "exact"}
+        bought = limits.spend_micros(self.price[(model.vendor, model.name)], tin, tout)
+        f.savings = {"cache_tokens": tin + tout, "cache_usd": bought / 1_000_000}
+        f.status, f.spend_usd, f.upstream_ms = 200, 0.0, None
+        f.latency_ms = round(lognormal(rng, 30 if semantic else 3.5, 0.5), 3)
+        f.bytes_out = tout * (14 if f.stream else 4) + rng.randrange(300, 700)
+        self.content["cache hits"] += 1
+        return 0
+
+    def answer(self, rng: Random, model: Model, ms: int, stream: bool, tout: int,
+               retry: bool = False) -> Attempt:
+        """One attempt at the vendor: its status (0: no answer), how long it took."""
+        overhead = lognormal(rng, 3.2, 0.5) + (lognormal(rng, 400, 0.6) if retry else 0.0)
+        vendor, from_ms, length = OUTAGE
+        outage = model.vendor == vendor and 0 <= ms - self.start_ms - from_ms < length
+        r = rng.random()
+        if (outage and r < 0.45) or r < 0.004:
+            status = rng.choice((500, 502, 503, 504, 529) if model.vendor == "anthropic"
+                                else (500, 502, 503, 504))
+            return Attempt(status, None, round(lognormal(
+                rng, 900 if status != 504 else 60_000, 0.7), 3), overhead, "vendor 5xx")
+        if r < 0.013:
+            return Attempt(429, None, round(lognormal(rng, 120, 0.5), 3), overhead,
+                           "vendor 429")
+        if r < 0.0135:
+            error = rng.choice(("Server disconnected", "peer closed connection without "
+                                "sending complete message body", "TLS handshake failed"))
+            return Attempt(0, error, None, overhead + lognormal(rng, 20_000, 1.0),
+                           "connection errors")
+        generation = tout / model.tokens_per_s * 1000 if model.tokens_per_s else 0.0
+        ttft = lognormal(rng, model.ttft_ms, 0.6)
+        if rng.random() < 0.01:
+            ttft *= rng.uniform(4, 15)  # the vendor's long tail
+        return Attempt(200, None, round(ttft if stream else ttft + generation, 3),
+                       overhead + (generation if stream else 0.0), "vendor 200s")
 
     def denied(self, f: records.RequestFacts, ms: int, agent: Agent, model: Model,
                has_limits: bool) -> tuple[records.RequestFacts, None]:
@@ -590,6 +704,8 @@ def generate(directory: Path, n: int, days: int, seed: int, segment_age: float |
             c["with request redactions"] += facts.redactions is not None
             c["with answer redactions"] += facts.response_redactions is not None
             c["streamed"] += bool(facts.stream)
+            c["routed"] += facts.routing is not None
+            c["cached"] += facts.cache is not None
             if i % 100_000 == 0:
                 print(f"  {i:,} records, {time.perf_counter() - t0:.0f} s", flush=True)
         journal.close()
@@ -697,13 +813,18 @@ def check_stats(tally: Tally) -> Callable[[str], str | None]:
             spend = None if g.spend_micros is None else g.spend_micros / 1_000_000
             expect = {"requests": g.requests, "denials": g.denials, "tokens_in": g.tokens_in,
                       "tokens_out": g.tokens_out,
-                      "redactions": {k: v for k, v in g.redactions.items()}}
+                      "redactions": {k: v for k, v in g.redactions.items()},
+                      "cache_hits": g.cache_hits, "saved_tokens": g.saved_tokens,
+                      "failovers": g.failovers, "retried": g.retried}
             for name, want in expect.items():
                 if r[name] != want:
                     problems.append(f"{key} {name}: {r[name]} != {want}")
             if (r["spend_usd"] is None) != (spend is None) or (
                     spend is not None and abs(r["spend_usd"] - spend) > 2e-6):
                 problems.append(f"{key} spend_usd: {r['spend_usd']} != {spend}")
+            if (r["saved_usd"] is None) != (g.saved_usd is None) or (
+                    g.saved_usd is not None and abs(r["saved_usd"] - g.saved_usd) > 2e-6):
+                problems.append(f"{key} saved_usd: {r['saved_usd']} != {g.saved_usd}")
             for name, q in (("p50_ms", 0.5), ("p95_ms", 0.95)):
                 want_q = quantile_cont(g.latencies, q)
                 if (r[name] is None) != (want_q is None) or (
@@ -896,6 +1017,10 @@ def measure(work: Path, journal: Path, tally: Tally, gen: Generated, seed: int, 
           f"masked in the answer, {c['streamed'] / n:.1%} streamed, vendor 429s "
           f"{c['vendor 429'] / n:.2%}, 5xx {c['vendor 5xx'] / n:.2%}, connection errors "
           f"{c['connection errors'] / n:.2%}; spend ${tally.spend_micros / 1e6:,.2f}")
+    print(f"relay: {c['cache hits'] / max(1, c['cached']):.1%} of {c['cached']:,} requests "
+          f"under a cache answered from it, {c['routed'] / n:.1%} routed (saving "
+          f"${c['routing saved micros'] / 1e6:,.2f}), {c['retried']:,} retried, "
+          f"{c['failovers']:,} failed over")
     top = sorted(((k.removeprefix("deny "), v) for k, v in c.items() if k.startswith("deny ")),
                  key=lambda kv: -kv[1])
     print("denials by reason: " + ", ".join(f"{k} {v:,}" for k, v in top))

@@ -25,6 +25,7 @@ from egressguard.backends import housekeeping
 from egressguard.backends.journal import Journal, Settings, read_records, segments
 from egressguard.core import checkpoints, records
 from egressguard.tools.auditdb import COLUMNS, AuditDataError, AuditDB, parse_time
+from egressguard.tools.auditquery import QUIET_STATS, Filters
 
 KEY = Ed25519PrivateKey.generate()
 START = datetime(2026, 11, 1, tzinfo=UTC)
@@ -72,6 +73,76 @@ def journal(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def written(journal: Path) -> list[dict[str, Any]]:
     return [r for r in read_records([journal]) if r["kind"] == "request"]
+
+
+def attempt(vendor: str, model: str, status: int | None, error: str | None = None
+            ) -> dict[str, Any]:
+    return {"vendor": vendor, "model": model, "key": f"egressguard/vendors/{vendor}",
+            "status": status, "error": error, "ms": 120.5}
+
+
+def relayed(i: int) -> records.RequestFacts:
+    """facts(i) as a proxy with a cache, routes and fallbacks records them: support's
+    rule caches (hits exact and semantic, one without a price), finance's routes to a
+    cheaper model (or, now and then, a dearer one), research's retries and fails over."""
+    f = facts(i)
+    if f.decision == "deny" or f.usage is None or f.spend_usd is None or f.vendor is None:
+        return f
+    if f.team == "support":
+        if i % 3 == 0:
+            f.cache = {"status": "hit", "kind": "exact"} if i % 2 else \
+                {"status": "hit", "kind": "semantic", "similarity": 0.97}
+            f.savings = {"cache_tokens": sum(v or 0 for v in f.usage.values()),
+                         "cache_usd": None if i % 5 == 0 else f.spend_usd}
+            f.usage, f.spend_usd, f.upstream_ms = None, 0.0, None
+        elif i % 3 == 1:
+            f.cache = {"status": "miss"}
+            f.attempts = [attempt(f.vendor, f.model or "", f.status)]
+        else:
+            f.cache = {"status": "bypass", "why": "temperature is not 0"}
+    elif f.team == "finance":
+        f.routing = {"requested_model": "gpt-4.1", "model": f.model,
+                     "by": ["alias", "team"] if i % 2 else ["objective"]}
+        f.savings = {"routing_usd": round(0.0045 - f.spend_usd, 9)}  # < 0 at times
+    elif f.team == "research":
+        other = "openai" if f.vendor == "anthropic" else "anthropic"
+        if i % 8 == 3:  # research is i % 4 == 3: half fail over, half retry
+            f.attempts = [attempt(f.vendor, f.model or "", 0, "Server disconnected"),
+                          attempt(other, "fallback-model", 200)]
+            f.served_by = {"vendor": other, "model": "fallback-model"}
+        else:
+            f.attempts = [attempt(f.vendor, f.model or "", 429),
+                          attempt(f.vendor, f.model or "", 200)]
+    return f
+
+
+def write_journal(directory: Path, made: list[records.RequestFacts],
+                  drop: tuple[str, ...] = ()) -> Path:
+    """A journal of these records; `drop`: fields left out, as an older proxy wrote."""
+    j = Journal(directory, key=KEY, node="egress-1",
+                settings=Settings(checkpoint_records=50))
+    j.open()
+    for f in made:
+        record = records.build(f)
+        for name in drop:
+            del record[name]
+        j.append_sync(record)
+    j.close()
+    return directory
+
+
+NEW_FIELDS = ("routing", "attempts", "served_by", "cache", "savings")
+
+
+@pytest.fixture(scope="module")
+def relayed_journal(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_journal(tmp_path_factory.mktemp("relayed") / "journal",
+                         [relayed(i) for i in range(N)])
+
+
+@pytest.fixture(scope="module")
+def relayed_written(relayed_journal: Path) -> list[dict[str, Any]]:
+    return [r for r in read_records([relayed_journal]) if r["kind"] == "request"]
 
 
 def audit(*args: str | Path, cache: Path | None = None) -> tuple[int, str, str]:
@@ -257,6 +328,70 @@ def test_stats_by_day_as_a_table(journal: Path) -> None:
                                                          ["2026-11-02", "24"]]
 
 
+def saved(members: list[dict], field: str) -> float | None:
+    values = [(r["savings"] or {}).get(field) for r in members]
+    return sum(v for v in values if v is not None) if any(
+        v is not None for v in values) else None
+
+
+@pytest.mark.parametrize("by", ["team", "team,model", "agent"])
+def test_stats_show_what_the_cache_and_routing_saved(relayed_journal: Path,
+                                                    relayed_written: list[dict],
+                                                    by: str) -> None:
+    code, out, err = audit("stats", "--no-cache", "--json", "--by", by, relayed_journal)
+    assert code == 0, err
+    dims = by.split(",")
+    got = {tuple(r[d] for d in dims): r for r in rows(out)}
+    groups: dict[tuple[str, ...], list[dict]] = {}
+    for r in relayed_written:
+        groups.setdefault(tuple(r[d] for d in dims), []).append(r)
+    assert set(got) == set(groups)
+    for key, members in groups.items():
+        row, usd = got[key], [saved(members, "cache_usd"), saved(members, "routing_usd")]
+        assert row["cache_hits"] == sum((r["cache"] or {}).get("status") == "hit"
+                                        for r in members)
+        assert row["saved_tokens"] == saved(members, "cache_tokens")
+        assert row["saved_usd"] == (None if usd == [None, None] else pytest.approx(
+            sum(u or 0 for u in usd), abs=1e-6))
+        assert row["failovers"] == sum(r["served_by"] is not None for r in members)
+        assert row["retried"] == sum(len(r["attempts"] or []) > 1 for r in members)
+        assert row["spend_usd"] == pytest.approx(sum(r["spend_usd"] or 0 for r in members))
+        counted = [r["usage"]["input_tokens"] for r in members if r["usage"]]
+        assert row["tokens_in"] == (sum(counted) if counted else None)  # all hits: none
+
+
+def test_stats_per_team_in_figures(relayed_journal: Path) -> None:
+    code, out, _ = audit("stats", "--no-cache", "--json", "--by", "team", relayed_journal)
+    got = {r["team"]: {k: r[k] for k in QUIET_STATS} for r in rows(out)}
+    # support: 120 requests (i % 4 in 1, 2), 40 of them i % 3 == 0, 4 of those denied
+    assert got["support"]["cache_hits"] == 36
+    assert got["support"]["saved_tokens"] == sum(
+        100 + i + 10 + i % 7 for i in range(0, N, 3) if i % 4 in (1, 2) and i % 10)
+    assert (got["support"]["failovers"], got["support"]["retried"]) == (0, 0)
+    assert (got["research"]["cache_hits"], got["research"]["saved_tokens"],
+            got["research"]["saved_usd"]) == (0, None, None)
+    assert (got["research"]["failovers"], got["research"]["retried"]) == (30, 60)
+    assert got["finance"]["saved_usd"] == pytest.approx(sum(
+        0.0045 - 0.001 * (i % 5 + 1) for i in range(0, N, 4) if i % 10), abs=1e-6)
+    assert (got["finance"]["cache_hits"], got["finance"]["failovers"]) == (0, 0)
+
+
+def test_the_stats_table_shows_savings_only_when_there_are_some(
+        relayed_journal: Path, tmp_path: Path) -> None:
+    code, out, _ = audit("stats", "--no-cache", "--by", "team", relayed_journal)
+    assert code == 0
+    assert out.splitlines()[0].split() == [
+        "team", "requests", "denials", "redactions", "tokens_in", "tokens_out", "spend_usd",
+        "cache_hits", "saved_tokens", "saved_usd", "failovers", "retried", "p50_ms",
+        "p95_ms"]
+    old = write_journal(tmp_path / "old", [facts(i) for i in range(40)], drop=NEW_FIELDS)
+    code, out, _ = audit("stats", "--no-cache", "--by", "team", old)
+    assert code == 0
+    assert out.splitlines()[0].split() == [
+        "team", "requests", "denials", "redactions", "tokens_in", "tokens_out", "spend_usd",
+        "p50_ms", "p95_ms"]
+
+
 def test_an_unknown_dimension(journal: Path) -> None:
     code, _, err = audit("stats", "--no-cache", "--by", "tem", journal)
     assert code == 2 and "--by 'tem': not a dimension (did you mean 'team'?)" in err
@@ -271,6 +406,86 @@ def test_sql(journal: Path, written: list[dict]) -> None:
     assert code == 0
     assert rows(out) == [{"team": t, "n": n} for t, n in sorted(
         Counter(r["team"] for r in written).items())]
+
+
+RELAY_COLUMNS = ("id", "requested_model", "routed_by", "attempts", "attempt_list",
+                 "served_by_vendor", "served_by_model", "cache_status", "cache_kind",
+                 "cache_similarity", "cache_why", "saved_cache_tokens", "saved_cache_usd",
+                 "saved_routing_usd")
+
+
+def relay_columns(r: dict[str, Any]) -> dict[str, Any]:
+    """What the `records` columns must hold for record `r`."""
+    routing, cache, savings = r.get("routing"), r.get("cache") or {}, r.get("savings") or {}
+    served = r.get("served_by") or {}
+    return {"id": r["id"], "requested_model": routing and routing["requested_model"],
+            "routed_by": routing and routing["by"],
+            "attempts": len(r["attempts"]) if r.get("attempts") else None,
+            "attempt_list": json.dumps(r["attempts"]) if r.get("attempts") else None,
+            "served_by_vendor": served.get("vendor"), "served_by_model": served.get("model"),
+            "cache_status": cache.get("status"), "cache_kind": cache.get("kind"),
+            "cache_similarity": cache.get("similarity"), "cache_why": cache.get("why"),
+            "saved_cache_tokens": savings.get("cache_tokens"),
+            "saved_cache_usd": savings.get("cache_usd"),
+            "saved_routing_usd": savings.get("routing_usd")}
+
+
+def test_the_relay_fields_are_typed_columns(relayed_journal: Path,
+                                            relayed_written: list[dict]) -> None:
+    with AuditDB([relayed_journal]) as db:
+        types = dict(db.con.execute("SELECT column_name, data_type FROM "
+                                    "information_schema.columns WHERE table_name = "
+                                    "'records'").fetchall())
+        assert {c: types[c] for c in RELAY_COLUMNS[1:]} == {
+            "requested_model": "VARCHAR", "routed_by": "VARCHAR[]", "attempts": "INTEGER",
+            "attempt_list": "JSON", "served_by_vendor": "VARCHAR",
+            "served_by_model": "VARCHAR", "cache_status": "VARCHAR", "cache_kind": "VARCHAR",
+            "cache_similarity": "DOUBLE", "cache_why": "VARCHAR",
+            "saved_cache_tokens": "BIGINT", "saved_cache_usd": "DOUBLE",
+            "saved_routing_usd": "DOUBLE"}
+        got = db.con.execute(f"SELECT {', '.join(RELAY_COLUMNS)} FROM records WHERE kind = "
+                             "'request' ORDER BY seq").fetchall()
+    table = [dict(zip(RELAY_COLUMNS, row, strict=True)) for row in got]
+    for row in table:  # the JSON column as DuckDB writes it
+        row["attempt_list"] = row["attempt_list"] and json.dumps(json.loads(
+            row["attempt_list"]))
+    assert table == [relay_columns(r) for r in relayed_written]
+    assert {r["cache_status"] for r in table} == {"hit", "miss", "bypass", None}
+    assert {r["attempts"] for r in table} == {1, 2, None}
+
+
+def test_an_old_journal_without_the_relay_fields(tmp_path: Path) -> None:
+    old = write_journal(tmp_path / "old", [facts(i) for i in range(40)], drop=NEW_FIELDS)
+    assert all("cache" not in r for r in read_records([old]) if r["kind"] == "request")
+    code, out, err = audit("sql", "--no-cache", "--json", old, "SELECT "
+                           + ", ".join(RELAY_COLUMNS) + " FROM records WHERE kind = "
+                           "'request' ORDER BY seq")
+    assert (code, err) == (0, "")
+    assert [{k: v for k, v in r.items() if k != "id"} for r in rows(out)] == \
+        [dict.fromkeys(RELAY_COLUMNS[1:])] * 40
+    code, out, err = audit("stats", "--no-cache", "--json", "--by", "team", old)
+    assert (code, err) == (0, "")
+    assert [{k: r[k] for k in QUIET_STATS} for r in rows(out)] == [
+        {"cache_hits": 0, "saved_tokens": None, "saved_usd": None, "failovers": 0,
+         "retried": 0}] * 3
+    assert sum(r["requests"] for r in rows(out)) == 40
+
+
+@pytest.mark.parametrize("cache", [["hit"], ["miss", "bypass"]])
+def test_the_cache_filter(relayed_journal: Path, relayed_written: list[dict],
+                          cache: list[str]) -> None:
+    where, params = Filters(cache=cache).where()
+    with AuditDB([relayed_journal]) as db:
+        got = [i for (i,) in db.con.execute(f"SELECT id FROM records WHERE {where} "
+                                             "ORDER BY seq", params).fetchall()]
+    assert got == [r["id"] for r in relayed_written
+                   if (r["cache"] or {}).get("status") in cache]
+    assert Filters(cache=cache).describe() == f"cache={','.join(cache)}"
+
+
+def test_an_unknown_cache_status() -> None:
+    with pytest.raises(AuditDataError, match=r"--cache 'hits': one of hit, miss, bypass"):
+        Filters(cache=["hits"]).where()
 
 
 def test_sql_mistakes_list_the_columns(journal: Path) -> None:

@@ -2,8 +2,9 @@
 
     query    the records that match the filters, sorted by time: a table for people,
              NDJSON or CSV for tools
-    stats    requests, denials, redactions per entity type, tokens, spend and latency
-             percentiles, grouped by agent, team, vendor, model, day, rule, ...
+    stats    requests, denials, redactions per entity type, tokens, spend, what the
+             cache and model routing saved, failovers and retries, latency percentiles,
+             grouped by agent, team, vendor, model, day, rule, ...
     sql      any SQL over the `records` table (DuckDB)
     export   a time range as JSONL, CSV or Parquet plus a manifest, in a folder that
              `egressguard audit verify` checks
@@ -37,6 +38,10 @@ DEFAULT_COLUMNS = ("ts", "agent", "team", "vendor", "model", "decision", "reason
 DIMENSIONS = ("agent", "team", "vendor", "model", "day", "rule", "node", "decision",
               "reason", "status", "kind", "host")
 TABLE_LIMIT = 100  # rows a table shows unless --limit says otherwise
+CACHE_STATUSES = ("hit", "miss", "bypass")
+# stats columns of features a journal may not use (cache, routing, failover): the
+# table leaves out those that are all zero or empty; JSON and CSV always have them
+QUIET_STATS = ("cache_hits", "saved_tokens", "saved_usd", "failovers", "retried")
 
 
 @dataclass(slots=True)
@@ -51,6 +56,7 @@ class Filters:
     rule: list[str] = field(default_factory=list)
     entity: list[str] = field(default_factory=list)
     status: list[str] = field(default_factory=list)
+    cache: list[str] = field(default_factory=list)  # cache_status: hit, miss, bypass
     kinds: tuple[str, ...] = ("request", "connect")  # what people ask about
 
     def where(self) -> tuple[str, list[Any]]:
@@ -73,13 +79,21 @@ class Filters:
             params.append(self.entity)
         if self.status:
             clauses.append("(" + " OR ".join(_status(s, params) for s in self.status) + ")")
+        if self.cache:
+            for value in self.cache:
+                if value not in CACHE_STATUSES:
+                    raise AuditDataError(f"--cache {value!r}: one of "
+                                         f"{', '.join(CACHE_STATUSES)}")
+            clauses.append("cache_status IN (" + ", ".join("?" * len(self.cache)) + ")")
+            params += self.cache
         return " AND ".join(clauses), params
 
     def describe(self) -> str:
         parts = [f"since {self.since}" if self.since else "", f"until {self.until}"
                  if self.until else ""]
         parts += [f"{k}={','.join(getattr(self, k))}" for k in
-                  ("agent", "team", "vendor", "model", "decision", "rule", "entity", "status")
+                  ("agent", "team", "vendor", "model", "decision", "rule", "entity", "status",
+                   "cache")
                   if getattr(self, k)]
         return " ".join(p for p in parts if p) or "no filters"
 
@@ -133,6 +147,13 @@ def stats(db: AuditDB, filters: Filters, by: Sequence[str], output: str) -> int:
                count(*) FILTER (decision = 'deny') AS denials,
                sum(input_tokens) AS tokens_in, sum(output_tokens) AS tokens_out,
                round(sum(spend_usd), 6) AS spend_usd,
+               count(*) FILTER (cache_status = 'hit') AS cache_hits,
+               sum(saved_cache_tokens) AS saved_tokens,
+               round(sum(coalesce(saved_cache_usd, 0) + coalesce(saved_routing_usd, 0))
+                     FILTER (saved_cache_usd IS NOT NULL OR saved_routing_usd IS NOT NULL),
+                     6) AS saved_usd,
+               count(*) FILTER (served_by_vendor IS NOT NULL) AS failovers,
+               count(*) FILTER (attempts > 1) AS retried,
                round(quantile_cont(latency_ms, 0.5), 1) AS p50_ms,
                round(quantile_cont(latency_ms, 0.95), 1) AS p95_ms
         FROM records WHERE {where} GROUP BY ALL ORDER BY {keys}""", params).fetchall()
@@ -140,12 +161,23 @@ def stats(db: AuditDB, filters: Filters, by: Sequence[str], output: str) -> int:
         return nothing_matches(db, filters)
     redacted = _redactions_by(db, dims, where, params)
     header = [*dims, "requests", "denials", "redactions", "tokens_in", "tokens_out",
-              "spend_usd", "p50_ms", "p95_ms"]
+              "spend_usd", *QUIET_STATS, "p50_ms", "p95_ms"]
     table = [(*r[:len(dims)], r[len(dims)], r[len(dims) + 1],
               redacted.get(tuple(r[:len(dims)]), {} if output == "json" else None),
               *r[len(dims) + 2:]) for r in rows]
+    if output == "table":
+        header, table = _without_idle(header, table, QUIET_STATS)
     emit(header, table, output)
     return 0
+
+
+def _without_idle(header: list[str], table: list[tuple[Any, ...]], names: Sequence[str]
+                  ) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """`header` and `table` without the columns in `names` that are 0 or empty in every
+    row (a journal from before the cache, or a proxy that does not use it)."""
+    keep = [i for i, h in enumerate(header)
+            if h not in names or any(row[i] not in (None, 0) for row in table)]
+    return [header[i] for i in keep], [tuple(row[i] for i in keep) for row in table]
 
 
 def _redactions_by(db: AuditDB, dims: list[str], where: str, params: list[Any]
