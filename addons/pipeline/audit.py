@@ -110,10 +110,10 @@ def _spend(f: records.RequestFacts, usage: Usage, prices: PriceTable | None) -> 
                      and isinstance(v, int))
         f.savings = {"cache_tokens": tokens, "cache_usd": f.spend_usd}
         f.usage, f.spend_usd = None, 0.0
-    elif f.routing is not None and f.spend_usd is not None:
-        asked = cost(f.vendor, f.routing["requested_model"])
-        if asked is not None:
-            f.savings = {"routing_usd": round(asked - f.spend_usd, 9)}
+    elif f.routing is not None:  # at the rule's vendor: a failover's price is not routing's
+        asked, routed = cost(f.vendor, f.routing["requested_model"]), cost(f.vendor, f.model)
+        if asked is not None and routed is not None:
+            f.savings = {"routing_usd": round(asked - routed, 9)}
 
 
 _JOURNAL_OPTIONS = {

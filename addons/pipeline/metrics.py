@@ -80,6 +80,19 @@ class Metrics:
                               ("vendor", "team", "direction"))
         self.spend = Counter("egressguard_spend_usd_total", "Spend at the policy's price "
                              "table, by vendor and team.", ("vendor", "team"))
+        self.attempts = Counter(
+            "egressguard_upstream_attempts_total", "Attempts the relay made (rules with "
+            "retry, fallback, cache or a key pool), by vendor and outcome (2xx, 4xx, 429, "
+            "5xx, error: no answer, skipped: not sent).", ("vendor", "outcome"))
+        self.failovers = Counter("egressguard_failovers_total", "Requests a fallback vendor "
+                                 "answered, by the rule's vendor and the fallback's.",
+                                 ("vendor", "fallback"))
+        self.cache = Counter("egressguard_cache_requests_total", "Requests under a rule with "
+                             "a cache, by outcome (hit, miss, bypass) and kind of hit.",
+                             ("status", "kind"))
+        self.saved = Counter("egressguard_saved_usd_total", "Spend avoided at the policy's "
+                             "price table, by team and by what saved it (cache, routing).",
+                             ("team", "by"))
         self.unwritten = Counter("egressguard_audit_write_failures_total", "Requests whose "
                                  "audit record could not be written (they were refused).")
         self.listen: tuple[str, int] | None = None
@@ -148,6 +161,8 @@ class Metrics:
         self.overhead.observe((vendor,), max(0.0, total - self._upstream(flow, vendor)))
         if f.redactions or f.response_redactions:
             self._redactions(f)
+        if f.attempts or f.cache or f.savings:
+            self._resilience(flow, f, vendor)
         if f.usage or f.spend_usd:
             team = self._team(flow, f.team)
             if f.usage:
@@ -155,6 +170,19 @@ class Metrics:
                 self.tokens.inc((vendor, team, "output"), f.usage.get("output_tokens") or 0)
             if f.spend_usd:
                 self.spend.inc((vendor, team), f.spend_usd)
+
+    def _resilience(self, flow: http.HTTPFlow, f: RequestFacts, vendor: str) -> None:
+        for attempt in f.attempts or ():
+            self.attempts.inc((attempt["vendor"], _outcome(attempt["status"])))
+        if f.served_by:
+            self.failovers.inc((vendor, f.served_by["vendor"]))
+        if f.cache:
+            self.cache.inc((f.cache["status"], f.cache.get("kind", "")))
+        if f.savings:
+            team = self._team(flow, f.team)
+            for by in ("cache", "routing"):
+                if amount := f.savings.get(f"{by}_usd"):
+                    self.saved.inc((team, by), amount)
 
     def _redactions(self, f: RequestFacts) -> None:
         for direction, found in (("request", f.redactions),
@@ -203,7 +231,8 @@ class Metrics:
         loader = _addon("policyloader")
         families: list[Metric] = [
             self.requests, self.denials, self.duration, self.upstream, self.overhead,
-            self.redactions, self.tokens, self.spend, self.unwritten,
+            self.redactions, self.tokens, self.spend, self.attempts, self.failovers,
+            self.cache, self.saved, self.unwritten, *collect.pool_metrics(_addon("inject")),
             *collect.store_metrics(getattr(_addon("inject"), "store", None)),
             *collect.policy_metrics(loader),
             *await collect.budget_metrics(getattr(loader, "policy", None),
@@ -223,6 +252,14 @@ class Metrics:
             except Exception:  # noqa: BLE001 - readiness must keep following Vault
                 log.exception("readiness probe of Vault failed")
             await asyncio.sleep(ctx.options.egressguard_ready_probe)
+
+
+def _outcome(status: int | None) -> str:
+    if status is None:
+        return "skipped"
+    if status == 0:
+        return "error"
+    return "429" if status == 429 else f"{status // 100}xx"
 
 
 def _addon(name: str) -> Any:

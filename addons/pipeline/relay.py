@@ -122,6 +122,36 @@ def _cache_family(family: str, flow: http.HTTPFlow) -> str:
     return "other"
 
 
+class Breaker:
+    """Per rule: after FAILURES requests in a row found the rule's vendor failing, its
+    fallback goes first for COOL_DOWN seconds; then one request tries the vendor again
+    (half-open), and one more failure opens it again at once."""
+
+    FAILURES = 3
+    COOL_DOWN = 10.0
+
+    def __init__(self) -> None:
+        self._failures: dict[str, int] = {}
+        self._until: dict[str, float] = {}
+
+    def open_until(self, rule: str) -> float | None:
+        """Seconds the breaker stays open, or None if it is closed (or half-open)."""
+        left = self._until.get(rule, 0.0) - time.monotonic()
+        return left if left > 0 else None
+
+    def failed(self, rule: str) -> None:
+        failures = self._failures[rule] = self._failures.get(rule, 0) + 1
+        if failures >= self.FAILURES:
+            if self.open_until(rule) is None:
+                log.warning("rule %s: its vendor failed %d requests in a row; its fallback "
+                            "goes first for %.0fs", rule, failures, self.COOL_DOWN)
+            self._until[rule] = time.monotonic() + self.COOL_DOWN
+
+    def succeeded(self, rule: str) -> None:
+        self._failures.pop(rule, None)
+        self._until.pop(rule, None)
+
+
 class Relay:
     def __init__(self, store: SecretStore | None = None) -> None:
         self.store = store  # taken from Inject when running, if not given
@@ -129,6 +159,8 @@ class Relay:
         self.address: tuple[str, int] | None = None
         self.answers: answers.AnswerStore = answers.MemoryStore()
         self.index: answers.SemanticIndex | None = None  # built on first semantic rule
+        self._no_embedder = False
+        self.breaker = Breaker()
         self._server: asyncio.Server | None = None
         self._client: httpx.AsyncClient | None = None
         self._serving: set[asyncio.Task[None]] = set()
@@ -175,6 +207,8 @@ class Relay:
             self._server = None
         for task in list(self._serving):
             task.cancel()
+        if self.index is not None:
+            self.index.close()
         with suppress(RuntimeError):  # no loop left at shutdown: the process is ending
             loop = asyncio.get_running_loop()
             if self._client is not None:
@@ -239,7 +273,8 @@ class Relay:
             parts = cachekey.semantic_parts(decision.team, dest.vendor.name, path, body, family)
             if parts is not None:
                 ticket.semantic = parts
-                found = await self._semantic().find(*parts, plan.threshold)
+                index = await self._semantic()
+                found = await index.find(*parts, plan.threshold) if index else None
                 if found is not None and (hit := await self.answers.get(found[0])):
                     ticket.hit = hit
                     flow.metadata[flowstate.CACHE] = {"status": "hit", "kind": "semantic",
@@ -247,10 +282,22 @@ class Relay:
                     return
         flow.metadata[flowstate.CACHE] = {"status": "miss"}
 
-    def _semantic(self) -> answers.SemanticIndex:
-        if self.index is None:
-            from egressguard.backends.embedder import Embedder  # numpy model: load on demand
-            self.index = answers.SemanticIndex(Embedder())
+    async def _semantic(self) -> answers.SemanticIndex | None:
+        """The semantic index; None (exact matching only, said once in the log) when the
+        embedding model cannot be loaded."""
+        if self.index is None and not self._no_embedder:
+            from egressguard.backends import embedder  # numpy and the model: on demand
+            try:
+                index = answers.SemanticIndex(embedder.Embedder())
+                await index.warm()  # loads the weights, in the index's worker thread
+            except embedder.EmbedderUnavailable as exc:
+                log.error("the semantic cache is off, exact matches only: %s", exc)
+                self._no_embedder = True
+                return None
+            if self.index is None:
+                self.index = index
+            else:  # another request got there first
+                index.close()
         return self.index
 
     def _expire_tickets(self) -> None:
@@ -309,11 +356,47 @@ class Relay:
     # -- attempts -------------------------------------------------------------------------
     async def answer(self, t: Ticket) -> Answer:
         """The first answer worth giving: a cached one, the vendor's, or the fallback's
-        translated back; when all fail, the rule's own vendor's last failure."""
+        translated back; when all fail, the rule's own vendor's last failure.
+
+        While the rule's vendor keeps failing (a circuit breaker per rule, see
+        `Breaker`), requests go to the fallback first and spend no retries on it."""
         if t.hit is not None:
             return _replay(t.hit)
+        deadline = time.monotonic() + t.plan.budget().within
+        fallback_first = bool(t.plan.fallback) and (
+            until := self.breaker.open_until(t.rule.name)) is not None
+        if fallback_first:
+            t.attempts.append(_attempt_record(t.primary, None, None, (
+                f"not sent first: {t.primary.vendor.name} failed the last requests under "
+                f"this rule; the fallback goes first for {until:.0f}s more"), 0.0))
+            if (answered := await self._fail_overs(t, deadline)) is not None:
+                return answered
+        outcome = await self._primary(t, deadline)
+        if isinstance(outcome, Answer):
+            return outcome
+        failure, failed_why, vendor_failed = outcome
+        if vendor_failed:
+            self.breaker.failed(t.rule.name)
+        if not fallback_first:
+            if (answered := await self._fail_overs(t, deadline)) is not None:
+                return answered
+        return self._give_up(t, failure, failed_why)
+
+    async def _fail_overs(self, t: Ticket, deadline: float) -> Answer | None:
+        for fallback in t.plan.fallback:
+            if time.monotonic() >= deadline:
+                break
+            answered = await self._fail_over(t, fallback)
+            if answered is not None:
+                return answered
+        return None
+
+    async def _primary(self, t: Ticket, deadline: float
+                       ) -> Answer | tuple[tuple[int, list[tuple[str, str]], bytes] | None,
+                                           str, bool]:
+        """The rule's own vendor, with its retries and keys: the answer, or (the last
+        failure, why, whether the vendor failed rather than refused the request)."""
         budget = t.plan.budget()
-        deadline = time.monotonic() + budget.within
         failure: tuple[int, list[tuple[str, str]], bytes] | None = None
         failed_why = "no attempt was made"
         tried: list[str] = []  # pool keys this request has used
@@ -338,6 +421,7 @@ class Relay:
                 tried.append(key)
             outcome = await self._attempt(t, t.primary, secret, t.body, t.headers)
             if isinstance(outcome, Answer):
+                self.breaker.succeeded(t.rule.name)
                 return self._deliver(t, t.primary, secret, outcome)
             status, headers, body, why = outcome
             failed_why = why
@@ -349,16 +433,10 @@ class Relay:
                 elif status in KEY_REFUSED_STATUS and key is not None:
                     self.pools.refused(key, status)
                 elif status not in RETRYABLE_STATUS:
-                    break  # the vendor's answer to this request, not a passing failure
+                    return failure, why, False  # the vendor's answer to this request
             if time.monotonic() >= deadline:
                 break
-        for fallback in t.plan.fallback:
-            if time.monotonic() >= deadline:
-                break
-            answered = await self._fail_over(t, fallback)
-            if answered is not None:
-                return answered
-        return self._give_up(t, failure, failed_why)
+        return failure, failed_why, True
 
     async def _next_key(self, t: Ticket, tried: list[str]) -> tuple[str, Secret] | None:
         """(pool key, its secret): one this request has not used if any is usable."""
@@ -457,8 +535,9 @@ class Relay:
                                                   "model": target.model}
             answer = _translated(t, target, answer, headers)
             headers = answer.headers
-        elif t.cache_key is not None and answer.status == 200 \
-                and not _header(headers, "content-encoding"):
+        if t.cache_key is not None and answer.status == 200 \
+                and not _header(headers, "content-encoding"):  # a fallback's answer too: it
+            # is in the shape the agent asked for
             answer = Answer(answer.status, headers, self._remember(t, answer, headers),
                             answer.close)
         return Answer(answer.status, headers, answer.body, answer.close)
@@ -486,9 +565,10 @@ class Relay:
 
     async def _store_answer(self, t: Ticket, cached: answers.CachedAnswer, ttl: float) -> None:
         assert t.cache_key is not None and t.plan.cache is not None
-        if t.semantic is not None and t.plan.cache.semantic_ttl is not None:
+        index = await self._semantic() if t.semantic is not None else None
+        if index is not None and t.plan.cache.semantic_ttl is not None:
             # indexed first: once the answer can be read, similar questions find it too
-            await self._semantic().add(*t.semantic, t.cache_key, t.plan.cache.semantic_ttl)
+            await index.add(*t.semantic, t.cache_key, t.plan.cache.semantic_ttl)
         await self.answers.put(t.cache_key, cached, ttl)
 
     def _give_up(self, t: Ticket, failure: tuple[int, list[tuple[str, str]], bytes] | None,

@@ -70,6 +70,20 @@ def _store_check(store: object) -> dict[str, Any]:
 
 
 # -- /metrics ----------------------------------------------------------------------------
+def pool_metrics(inject: object) -> list[Metric]:
+    """Each pooled key the vendors have answered for: 1 in its state (ok, resting after
+    a 429, refused after a 401/403 and out of its pool)."""
+    pools = getattr(inject, "pools", None)
+    if pools is None or not pools.keys:
+        return []
+    gauge = Gauge("egressguard_pool_key_state", "Keys of rules' key pools the vendors have "
+                  "answered for, by key location and state (ok, resting, refused).",
+                  ("key", "state"))
+    for key, state in sorted(pools.snapshot().items()):
+        gauge.add((key, state), 1)
+    return [gauge]
+
+
 def store_metrics(store: object) -> list[Metric]:
     """The Vault store's cache and errors (`VaultStore.stats`)."""
     stats = getattr(store, "stats", None)

@@ -9,22 +9,24 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
-from egressguard.tools.procs import wait_until
+from egressguard.tools.procs import free_port, wait_until
 from egressguard.tools.stack import Stack
 from tests.e2e.conftest import AnthropicFactory, OpenAIFactory, fake_key, headers_of
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).parents[2]
+METRICS = free_port()
 HELLO = [{"role": "user", "content": "Say hello"}]
 POLICY = """\
 version: 1
 prices: prices.yaml
 teams: {interns: {}}
 agents: {pooled: {}, pooled-too: {}, retried: {}, failover: {}, azure: {}, routed: {},
-         cached: {}}
+         cached: {}, breaker: {}}
 rules:
   - name: pooled
     match: {agents: [pooled]}
@@ -43,6 +45,10 @@ rules:
   - name: failover-back
     match: {agents: [failover], vendors: [anthropic]}
     fallback: {vendor: openai, model: gpt-4o-mini}
+  - name: breaker
+    match: {agents: [breaker]}
+    retry: 2
+    fallback: {vendor: anthropic, model: claude-3-5-haiku-latest}
   - name: azure
     match: {agents: [azure]}
     fallback: {vendor: azure_openai, host: myco.openai.azure.com, model: gpt-4o,
@@ -64,7 +70,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     work = tmp_path_factory.mktemp("resilience")
     (work / "policy.yaml").write_text(POLICY)
     shutil.copy(REPO / "policies/prices.yaml", work / "prices.yaml")
-    with Stack(work, policy=work / "policy.yaml") as s:
+    with Stack(work, policy=work / "policy.yaml",
+               proxy_args=("--metrics-listen", f"127.0.0.1:{METRICS}")) as s:
         for vendor in ("openai", "anthropic"):
             s.put_key(vendor, fake_key(f"sk-{vendor}-"))
         for name in "abcd":
@@ -88,6 +95,10 @@ def record(stack: Stack, request_id: str) -> dict[str, Any]:
 def keys_sent(stack: Stack) -> list[str]:
     return [dict(headers_of(r)).get("authorization", dict(headers_of(r)).get("api-key", ""))
             [-4:] for r in stack.received()]
+
+
+def metrics() -> str:
+    return httpx.get(f"http://127.0.0.1:{METRICS}/metrics", trust_env=False, timeout=5).text
 
 
 def chat(client: openai.OpenAI, **extra: Any) -> Any:
@@ -119,6 +130,7 @@ def test_a_key_answered_401_is_taken_out_and_reported(
     assert keys_sent(stack).count("DDDD") == 1 and keys_sent(stack).count("CCCC") == 3
     assert "key pool/openai/d taken out of its pool: the vendor answered 401" in \
         stack.proxy_output()
+    assert 'egressguard_pool_key_state{key="pool/openai/d",state="refused"} 1' in metrics()
 
 
 def test_5xx_and_dropped_connections_are_retried_before_the_first_byte(
@@ -172,6 +184,7 @@ def test_openai_fails_over_to_anthropic_in_the_openai_shape(
     assert rec["served_by"] == {"vendor": "anthropic", "model": "claude-3-5-haiku-latest"}
     assert rec["vendor"] == "openai" and rec["usage"]["output_tokens"] > 0
     assert rec["spend_usd"] > 0  # at the fallback's price
+    assert 'egressguard_failovers_total{vendor="openai",fallback="anthropic"}' in metrics()
 
 
 def test_anthropic_fails_over_to_openai_in_the_anthropic_shape(
@@ -183,6 +196,21 @@ def test_anthropic_fails_over_to_openai_in_the_anthropic_shape(
         message = stream.get_final_message()
     assert message.content[0].text == "Hello from fake openai"  # type: ignore[union-attr]
     assert message.model == "gpt-4o-mini" and message.usage.output_tokens > 0
+
+
+def test_a_vendor_that_keeps_failing_is_skipped_for_its_fallback(
+        stack: Stack, openai_client: OpenAIFactory) -> None:
+    stack.fail({"vendor": "openai", "status": 503})
+    client = openai_client(stack.token("breaker"))
+    for _ in range(3):  # each: two attempts at OpenAI, then Anthropic
+        assert chat(client).parse().choices[0].message.content == "Hello from fake anthropic"
+    stack.reset_received()  # faults too: OpenAI is back, but the breaker does not know yet
+    answer = chat(client)
+    assert answer.parse().choices[0].message.content == "Hello from fake anthropic"
+    assert [r["path"] for r in stack.received()] == ["/v1/messages"]
+    attempts = record(stack, answer.headers["x-egressguard-request-id"])["attempts"]
+    assert attempts[0]["status"] is None and "fallback goes first" in attempts[0]["error"]
+    assert "rule breaker: its vendor failed 3 requests in a row" in stack.proxy_output()
 
 
 def test_openai_fails_over_to_azure(stack: Stack, openai_client: OpenAIFactory) -> None:
