@@ -21,6 +21,7 @@ bench: $(STAMP) bench-deps
 	$(PY) bench/redaction.py
 	$(PY) bench/journal.py
 	$(PY) bench/overhead.py
+	$(PY) bench/agentic.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check addons tests bench
