@@ -481,9 +481,12 @@ class Relay:
         headers = [("content-type", "application/json"), ("accept", _header(
             t.headers, "accept") or "application/json"), *_FRESH_HEADERS.get(vendor.api, [])]
         outcome = await self._attempt(t, target, secret, orjson.dumps(body), headers)
-        if isinstance(outcome, Answer):
-            return self._deliver(t, target, secret, outcome)
-        return None
+        if not isinstance(outcome, Answer):
+            return None
+        if outcome.status >= 400:  # the fallback refused: in its shape, not the agent's
+            await outcome.close()
+            return None
+        return self._deliver(t, target, secret, outcome)
 
     async def _attempt(self, t: Ticket, target: Target, secret: Secret, body: bytes,
                        headers: list[tuple[str, str]]
@@ -647,8 +650,6 @@ def _translated(t: Ticket, target: Target, answer: Answer,
     keep = [(k, v) for k, v in headers if k.lower() not in ("content-type", "content-encoding")]
     model = target.model or ""
     if target.family == t.family:  # Azure for OpenAI: the same shape
-        return Answer(answer.status, headers, answer.body, answer.close)
-    if answer.status >= 400:  # the fallback's own error: not in the agent's shape
         return Answer(answer.status, headers, answer.body, answer.close)
     if content_type.startswith("text/event-stream"):
         include_usage = isinstance(t.body_json, dict) and isinstance(

@@ -230,6 +230,15 @@ def test_a_request_that_cannot_be_translated_does_not_fail_over(
     assert all(r["path"] == "/v1/chat/completions" for r in stack.received())
 
 
+def test_a_fallback_that_refuses_too_leaves_the_agent_its_own_vendors_failure(
+        stack: Stack, openai_client: OpenAIFactory) -> None:
+    stack.fail({"vendor": "openai", "status": 503}, {"vendor": "anthropic", "status": 400})
+    with pytest.raises(openai.InternalServerError) as failed:
+        chat(openai_client(stack.token("failover")))
+    assert failed.value.status_code == 503  # OpenAI's, in OpenAI's shape
+    assert "/v1/messages" in [r["path"] for r in stack.received()]
+
+
 def test_routing_rewrites_the_model_and_the_record_keeps_both(
         stack: Stack, openai_client: OpenAIFactory) -> None:
     answer = chat(openai_client(stack.token("routed")), model="fast")
