@@ -96,21 +96,24 @@ PROXY_ENV = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY",
              "http_proxy", "https_proxy", "all_proxy", "no_proxy")
 # the agents section is added per run (`policy_text`)
 POLICY = """\
-# bench/agentic.py: every agent under one rule with a key pool, retries, a fallback
-# vendor, model routing and the exact-match cache (issue 9)
+# bench/agentic.py: every agent under a rule with a key pool, retries, a fallback vendor,
+# model routing and the exact-match cache (issue 9); one such rule per phase, so the
+# circuit breaker one phase opens (per rule) does not reach into the next
 version: 1
 prices: prices.yaml
 teams: {research: {}, support: {}}
 rules:
-  - name: agents
-    match: {teams: [research, support], vendors: [openai]}
+"""
+RULE = """\
+  - name: {slug}
+    match: {{agents: ["{slug}-*"], teams: [research, support], vendors: [openai]}}
     key_pool: [pool/openai/a, pool/openai/b, pool/openai/c]
-    retry: {attempts: 4, within: 20s, backoff: 50ms}
-    fallback: [{vendor: anthropic, model: claude-3-5-haiku-latest}]
+    retry: {{attempts: 4, within: 20s, backoff: 50ms}}
+    fallback: [{{vendor: anthropic, model: claude-3-5-haiku-latest}}]
     route:
-      aliases: {fast: gpt-4o-mini}
-      small_prompts: {under_tokens: 250, to: gpt-4o-mini, models: [gpt-4o]}
-    cache: {exact: {ttl: 1h}}
+      aliases: {{fast: gpt-4o-mini}}
+      small_prompts: {{under_tokens: 250, to: gpt-4o-mini, models: [gpt-4o]}}
+    cache: {{exact: {{ttl: 1h}}}}
 """
 
 
@@ -460,9 +463,15 @@ def failures(runs: list[PhaseRun], limit: int = 5) -> str:
 # -- set-up -------------------------------------------------------------------------------
 
 
+def slug(phase: Phase) -> str:
+    return phase.name.replace(" ", "-")
+
+
 def policy_text(agents: list[str]) -> str:
-    lines = "".join(f"  {a}: {{team: {TEAMS[i % len(TEAMS)]}}}\n" for i, a in enumerate(agents))
-    return f"{POLICY}agents:\n{lines}"
+    rules = "".join(RULE.format(slug=slug(p)) for p in PHASES)
+    lines = "".join(f"  {slug(p)}-{a}: {{team: {TEAMS[i % len(TEAMS)]}}}\n"
+                    for p in PHASES for i, a in enumerate(agents))
+    return f"{POLICY}{rules}agents:\n{lines}"
 
 
 def fake_key(ending: str = "") -> str:
@@ -484,15 +493,17 @@ def start(workdir: Path, agents: list[str]) -> Stack:
     return stack
 
 
-def clients_for(stack: Stack, agents: list[str]) -> tuple[list[openai.OpenAI],
+def clients_for(stack: Stack, agents: list[str]) -> tuple[dict[str, list[openai.OpenAI]],
                                                           list[openai.OpenAI]]:
-    """(through the proxy, one per agent with its token; straight to the fake vendor)."""
+    """(through the proxy: per phase, one per agent with its token; straight to the fake
+    vendor)."""
     def client(base_url: str, api_key: str, **http: Any) -> openai.OpenAI:
         return openai.OpenAI(api_key=api_key, base_url=base_url, max_retries=0, timeout=60,
                              http_client=openai.DefaultHttpxClient(trust_env=False, **http))
 
-    proxied = [client("https://api.openai.com/v1", stack.token(a), proxy=stack.proxy,
-                      verify=stack.agent_ssl_context()) for a in agents]
+    proxied = {p.name: [client("https://api.openai.com/v1", stack.token(f"{slug(p)}-{a}"),
+                               proxy=stack.proxy, verify=stack.agent_ssl_context())
+                        for a in agents] for p in PHASES}
     vendor_ca = ssl.create_default_context(cafile=str(stack.pki / "ca.pem"))
     # the fake's certificate names localhost too; it takes /v1/chat/completions there as
     # OpenAI's, and wants a key (any)
@@ -522,20 +533,21 @@ def measure(stack: Stack, args: argparse.Namespace, agents: list[str],
     proxied, direct = clients_for(stack, agents)
     try:
         warm_up(direct)
-        warm_up(proxied)
+        for clients in proxied.values():
+            warm_up(clients)
         work = Workload(args.conversations, args.turns, args.think / 1000)
         runs = [PhaseRun(phase, []) for phase in (DIRECT, *PHASES)]
         for round_no in range(args.rounds):  # phases interleaved: drift hits them alike
             done = []
             for run in runs:
-                got = run_phase(stack, proxied if run.phase.proxied else direct, run, work,
-                                round_no)
+                got = run_phase(stack, proxied[run.phase.name] if run.phase.proxied
+                                else direct, run, work, round_no)
                 done.append(f"{run.phase.name} {sum(o.ok for o in got)}/{len(got)}")
             say(f"  round {round_no + 1}/{args.rounds}: {', '.join(done)} answered")
         attach_records(stack, runs)
         return runs
     finally:
-        for c in (*proxied, *direct):
+        for c in (*(c for cs in proxied.values() for c in cs), *direct):
             c.close()
 
 
