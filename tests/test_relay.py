@@ -100,3 +100,15 @@ def test_the_breaker_opens_after_failures_in_a_row_and_half_opens_after_its_cool
     assert breaker.open_until("r") == Breaker.COOL_DOWN
     breaker.succeeded("r")
     assert breaker.open_until("r") is None and breaker.open_until("other") is None
+
+
+def test_a_websocket_upgrade_is_never_relayed(pipeline) -> None:
+    pipeline.relay.address = ("127.0.0.1", 9)
+    token = pipeline.token("bot")
+    flow = pipeline.send("api.openai.com", "/v1/realtime?model=gpt-4o-realtime-preview",
+                         method="GET", headers=[
+                             ("Authorization", f"Bearer {token}"), ("Upgrade", "websocket"),
+                             ("Connection", "Upgrade"), ("Sec-WebSocket-Version", "13"),
+                             ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")])
+    assert flowstate.RELAY not in flow.metadata and not pipeline.relay.tickets
+    assert flow.request.scheme == "https"

@@ -30,7 +30,7 @@ from typing import Any
 import h11
 import httpx
 import orjson
-from mitmproxy import ctx, http
+from mitmproxy import ctx, exceptions, http
 
 from egressguard.backends import cache as answers
 from egressguard.backends.vault import SecretStore
@@ -177,8 +177,11 @@ class Relay:
         if {"egressguard_cache_store", "egressguard_cache_entries"} & updated:
             url = ctx.options.egressguard_cache_store
             old = self.answers
-            self.answers = answers.RedisStore(url) if url else \
-                answers.MemoryStore(max_entries=ctx.options.egressguard_cache_entries)
+            try:
+                self.answers = answers.RedisStore(url) if url else \
+                    answers.MemoryStore(max_entries=ctx.options.egressguard_cache_entries)
+            except ValueError as exc:  # the message names the server, never its password
+                raise exceptions.OptionsError(f"egressguard_cache_store: {exc}") from None
             with suppress(RuntimeError):
                 asyncio.get_running_loop().create_task(old.close())
         if "ssl_verify_upstream_trusted_ca" in updated or "ssl_insecure" in updated:
@@ -223,8 +226,8 @@ class Relay:
             return
         decision = flow.metadata[flowstate.DECISION]
         rule: Rule | None = decision.rule
-        if rule is None or not rule.resilience.relayed:
-            return
+        if rule is None or not rule.resilience.relayed or "upgrade" in flow.request.headers:
+            return  # a WebSocket (Realtime) session is not an exchange to retry or replay
         dest = flow.metadata[flowstate.DESTINATION]
         family = family_of(flow)
         encoding = flow.request.headers.get("content-encoding", "")
