@@ -16,6 +16,7 @@ import pytest
 from egressguard.tools.procs import free_port, wait_until
 from egressguard.tools.stack import Stack
 from tests.e2e.conftest import AnthropicFactory, OpenAIFactory, fake_key, headers_of
+from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).parents[2]
@@ -294,3 +295,33 @@ def test_similar_questions_hit_the_semantic_cache_and_sampled_ones_bypass(
     sampled = chat(client, temperature=0.7)
     assert record(stack, sampled.headers["x-egressguard-request-id"])["cache"]["status"] == \
         "bypass"
+
+
+def test_replicas_share_cached_answers_through_redis(
+        stack: Stack, openai_client: OpenAIFactory) -> None:
+    """An answer one replica bought is served by the other from Redis; with Redis gone a
+    lookup is a miss and the request is answered by the vendor, never refused."""
+    question = [{"role": "user", "content": "Which port does HTTPS use?"}]
+    with RedisServer() as redis_server:
+        flags = ("--cache-store", redis_server.url)
+        with stack.replica("cache-a", proxy_args=flags) as a, \
+                stack.replica("cache-b", proxy_args=flags) as b:
+            via_a = openai_client(a.token("cached"), proxy=a.proxy)
+            via_b = openai_client(b.token("cached"), proxy=b.proxy)
+            first = chat(via_a, messages=question, temperature=0)
+            assert record(a, first.headers["x-egressguard-request-id"])["cache"] == \
+                {"status": "miss"}
+            hit = wait_until(lambda: (r := record(b, chat(via_b, messages=question,
+                                                          temperature=0).headers[
+                "x-egressguard-request-id"]))["cache"]["status"] == "hit" and r,
+                timeout=10, what="replica b to answer from a's cached answer")
+            assert hit["cache"]["kind"] == "exact"
+            sent = len(stack.received())  # (b may have asked once before a had stored it)
+            assert chat(via_b, messages=question, temperature=0).parse().choices[0]
+            assert len(stack.received()) == sent  # b answered from Redis
+            redis_server.stop()
+            other = [{"role": "user", "content": "Which port does SSH use?"}]
+            down = chat(via_b, messages=other, temperature=0)
+            assert down.parse().choices[0].message.content
+            assert record(b, down.headers["x-egressguard-request-id"])["cache"] == \
+                {"status": "miss"}
