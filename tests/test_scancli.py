@@ -117,10 +117,13 @@ def test_policy_limits_the_types_to_its_redaction_plans(
     # EMAIL_ADDRESS from one rule, every secret type from the other's `secrets` group;
     # the SSN is named by no plan
     assert [s[0] for s in spans(out)] == ["EMAIL_ADDRESS", "GITHUB_TOKEN"]
-    assert err == ("egressguard: not found by patterns (needs the NER backend or has no "
-                   "rule): PERSON\n")
+    assert err == ""  # PERSON is in a plan too: NER ran, and found no name here
     _, out, _ = run(capsys, monkeypatch, "--policy", policy, "--redact", stdin=TEXT.encode())
     assert out == "Mail <EMAIL_ADDRESS>, SSN 234-56-7890.\nexport GH=<GITHUB_TOKEN>\n"
+    # as the proxy does for that plan: names through Presidio's NER, patterns as before
+    named = "Ask Jonathan Whitfield (bob@example.com) about the refund.\n"
+    _, out, _ = run(capsys, monkeypatch, "--policy", policy, "--redact", stdin=named.encode())
+    assert out == "Ask <PERSON> (<EMAIL_ADDRESS>) about the refund.\n"
 
 
 def test_a_policy_without_plans_finds_nothing(tmp_path: Path,

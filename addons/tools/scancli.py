@@ -1,14 +1,18 @@
-"""`egressguard scan`: the pattern detector over a file or stdin, printed as JSON
+"""`egressguard scan`: the pattern detector (and, when a policy's plan names PERSON or
+LOCATION, Presidio's NER, as the proxy runs it) over a file or stdin, printed as JSON
 findings (character offsets, never the values) or as the text with each finding
 replaced by `<ENTITY>`."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from pathlib import Path
 
+from egressguard.backends.ner import NerUnavailable
 from egressguard.core import policy
+from egressguard.core.entities import NER
 from egressguard.core.redact import Finding
 from egressguard.core.redact.detect import default_detector
 from egressguard.core.yamlsource import ConfigError
@@ -29,11 +33,18 @@ def scan(path: Path | None, redact: bool, policy_path: Path | None) -> int:
         except ConfigError as exc:
             print(exc, file=sys.stderr)
             return 2
-        unscanned = sorted(wanted - default_detector().entities)
+        unscanned = sorted(wanted - default_detector().entities - NER)
         if unscanned:
-            print(f"egressguard: not found by patterns (needs the NER backend or has no "
-                  f"rule): {', '.join(unscanned)}", file=sys.stderr)
+            print(f"egressguard: no detection rule for: {', '.join(unscanned)}",
+                  file=sys.stderr)
     findings = default_detector().find(text, wanted)
+    if wanted and (names := wanted & NER):
+        try:
+            findings = with_names(findings, text, names)
+        except NerUnavailable as exc:  # what the proxy would do: refuse, not pass
+            print(f"egressguard: NER could not scan this text: {exc.message}",
+                  file=sys.stderr)
+            return 2
     if redact:
         sys.stdout.write(redacted(text, findings))
         sys.stdout.flush()
@@ -42,6 +53,22 @@ def scan(path: Path | None, redact: bool, policy_path: Path | None) -> int:
             {"entity": f.entity, "kind": f.kind, "start": f.start, "end": f.end,
              "score": f.score} for f in findings]}))
     return 0
+
+
+def with_names(findings: list[Finding], text: str, names: frozenset[str]) -> list[Finding]:
+    """The pattern findings plus what Presidio's NER finds of `names` (PERSON, LOCATION)
+    where no pattern finding is, as the proxy scans for a plan that names them."""
+    from egressguard.backends.ner import NerEngine
+
+    engine = NerEngine()
+    try:
+        named = asyncio.run(engine.find(text, names))
+    finally:
+        engine.close()
+    taken = [(f.start, f.end) for f in findings]
+    named = [n for n in named if not any(n.start < end and start < n.end
+                                         for start, end in taken)]
+    return sorted([*findings, *named], key=lambda f: (f.start, f.end))
 
 
 def read_text(path: Path | None) -> str:
