@@ -262,6 +262,19 @@ HEAD = "version: 1\nteams: {research: {}}\nagents: {reader: {team: research}}\n"
      7, 22, "tokens_per_minute 1000 is below the rule's max_tokens cap 4096: a request at "
      "the cap could never be let through"),
     ("  - name: r\n    action: maybe\n", 6, 5, "`action` is one of allow, deny; found 'maybe'"),
+    ("  - name: r\n    fallback: {vendor: openia, model: x}\n", 6, 16,
+     "unknown vendor 'openia' in the vendor catalogue; did you mean 'openai'?"),
+    ("  - name: r\n    fallback: {vendor: azure_openai, model: gpt-4o}\n", 6, 5,
+     "an Azure OpenAI fallback needs `host:`"),
+    ("  - name: r\n    retry: {attempts: 11}\n", 6, 13, "`retry.attempts` is at most 10"),
+    ("  - name: r\n    retry: {attempts: 3, within: soon}\n", 6, 26,
+     "a duration is seconds or a number with ms, s, m, h or d"),
+    ("  - name: r\n    route: {aliases: {fast: 'gpt-*'}}\n", 6, 23,
+     "expected the name of a model to send (no globs), found 'gpt-*'"),
+    ("  - name: r\n    cache: {semantic: {threshold: 0.2}}\n", 6, 24,
+     "`threshold` is a cosine similarity between 0.5 and 1"),
+    ("  - name: r\n    key_pool: {keys: [a, b], pick: random}\n", 6, 30,
+     "`pick` is one of round_robin, least_recently_limited; found 'random'"),
 ])
 def test_rule_errors(rules: str, line: int, column: int, message: str) -> None:
     found = problems(HEAD + "rules:\n" + rules)

@@ -200,6 +200,19 @@ def test_explain_prints_the_trace_and_exits_by_the_decision(
     assert code == 1 and "decision: DENY (denied_by_rule) by rule 'everything-else'" in out
 
 
+def test_explain_shows_the_route_and_what_the_relay_will_do(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    example = POLICIES / "examples" / "multi-team.yaml"
+    code, out, _ = run(capsys, "policy", "explain", "--policy", example, "--agent",
+                       "ticket-triage", "--vendor", "openai", "--model", "default")
+    assert code == 0 and "route: model default -> gpt-4o-mini (by alias)" in out
+    assert "relayed: cache\n" in out
+    code, out, _ = run(capsys, "policy", "explain", "--policy", example, "--agent",
+                       "paper-reader", "--vendor", "openai", "--model", "gpt-5")
+    assert "relayed: retry 3 attempts within 30s, key pool of 2 (least_recently_limited), " \
+        "fallback anthropic claude-sonnet-4-5\n" in out
+
+
 def test_explain_takes_a_request_file_and_says_what_is_wrong(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     request = tmp_path / "req.yaml"

@@ -26,7 +26,7 @@ from egressguard.core.yamlsource import ConfigError, Document, Problem, unknown_
 
 REQUEST = ("agent", "team", "vendor", "host", "method", "path", "model", "stream",
            "max_tokens", "tools", "body_bytes")
-EXPECT = ("decision", "rule", "reason", "max_tokens", "message")
+EXPECT = ("decision", "rule", "reason", "max_tokens", "model", "message")
 _CASE = ("name", "request", "expect")
 # where each API's main generating endpoint lives, for descriptions without a path
 _DEFAULT_PATHS = {
@@ -73,8 +73,20 @@ def explain(loaded: policy.Policy, ask: Ask) -> str:
     lines += ["", f"decision: {'ALLOW' if decision.allowed else 'DENY'} ({decision.reason})"
               + (f" by rule {decision.rule_name!r}" if decision.rule else ""),
               f"message: {decision.message}"]
+    if decision.model is not None:
+        lines.append(f"route: model {ask.model} -> {decision.model} "
+                     f"(by {', '.join(decision.routed_by)})")
     if decision.max_tokens is not None:
         lines.append(f"clamp: max_tokens {ask.max_tokens} -> {decision.max_tokens}")
+    if decision.allowed and decision.rule is not None and decision.rule.resilience.relayed:
+        plan = decision.rule.resilience
+        lines.append("relayed: " + ", ".join(part for part in (
+            f"retry {plan.budget().attempts} attempts within {plan.budget().within:g}s"
+            if plan.retry or plan.pool else "",
+            f"key pool of {len(plan.pool.keys)} ({plan.pool.pick})" if plan.pool else "",
+            "fallback " + ", ".join(f"{f.vendor} {f.model}" for f in plan.fallback)
+            if plan.fallback else "",
+            "cache" if plan.cache else "") if part))
     if decision.allowed and (scopes := loaded.limit_scopes(decision)):
         lines.append("limits:")
         lines += [f"  {key}: {_limits_text(spec)}" for key, spec in scopes]
@@ -97,7 +109,8 @@ def check(decision: Decision, ask: Ask, expect: dict[str, Any]) -> list[str]:
     """What differs between `decision` and what the case expects."""
     sent_max = decision.max_tokens if decision.max_tokens is not None else ask.max_tokens
     got = {"decision": "allow" if decision.allowed else "deny", "rule": decision.rule_name,
-           "reason": decision.reason, "max_tokens": sent_max}
+           "reason": decision.reason, "max_tokens": sent_max,
+           "model": decision.model or ask.model}  # the model sent: after the rule's route
     out = [f"expected {key} {want!r}, got {got[key]!r}" for key, want in expect.items()
            if key in got and got[key] != want]
     if "message" in expect and str(expect["message"]) not in decision.message:
