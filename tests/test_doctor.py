@@ -121,6 +121,18 @@ def test_a_key_a_rule_needs_is_missing(site: doctor.Options, bao: OpenBaoDev,
                                "with `egressguard secrets put google`")
 
 
+def test_a_fallback_vendors_key_is_checked_before_an_outage_needs_it(
+        site: doctor.Options, bao: OpenBaoDev, keys: dict[str, str]) -> None:
+    site.policy.write_text("version: 1\nrules:\n  - name: chat\n    match: {vendors: "
+                           "[openai]}\n    fallback: {vendor: mistral, model: m}\n"
+                           "    cache: {semantic: true}\n")
+    found = checks(with_vault(site, bao))
+    keys_ = {m.split(":")[0]: s for s, m in by_name(found, "vendor key")}
+    assert keys_ == {"openai": "ok", "mistral": "fail"}
+    [(status, message)] = by_name(found, "semantic cache")
+    assert status == "ok" and "all-MiniLM-L6-v2 installed" in message
+
+
 def test_a_catch_all_rule_warns_for_vendors_without_keys(site: doctor.Options,
                                                          bao: OpenBaoDev,
                                                          keys: dict[str, str]) -> None:

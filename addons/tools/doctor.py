@@ -90,6 +90,7 @@ def run_checks(o: Options) -> Iterator[Check]:
     yield from check_signing_key_in_vault(o, vault)
     yield from check_sinks(o.sinks)
     yield check_journal(o.journal)
+    yield from check_semantic_model(policy)
 
 
 # -- the CA -----------------------------------------------------------------------------
@@ -375,7 +376,32 @@ def needed_keys(policy: Any) -> list[tuple[str, SecretLocation, bool]]:
                 [secrets.location_for(vendor, team=t) for t in secrets.teams]
             for where in places:
                 wanted[(vendor, where)] = wanted.get((vendor, where), False) or explicit
+        for fallback in rule.resilience.fallback:  # missing, it would show only in an outage
+            template = fallback.secret if fallback.secret and "{agent}" not in \
+                fallback.secret and "{team}" not in fallback.secret else None
+            wanted[(fallback.vendor, secrets.location_for(fallback.vendor,
+                                                          template=template))] = True
     return [(v, w, e) for (v, w), e in wanted.items()]
+
+
+def check_semantic_model(policy: Any) -> Iterator[Check]:
+    """Rules with a semantic cache need the embedding model installed (without it the
+    proxy falls back to exact matches, with one error line)."""
+    if policy is None or not any(r.resilience.cache and r.resilience.cache.semantic_ttl
+                                 for r in policy.rules):
+        return
+    from egressguard.backends.embedder import EmbedderUnavailable, installed_model_dir
+
+    try:
+        folder = installed_model_dir()
+    except EmbedderUnavailable as exc:
+        yield Check("fail", "semantic cache", str(exc))
+        return
+    missing = [n for n in ("vocab.txt", "model.safetensors", "config.json")
+               if not (folder / n).is_file()]
+    yield Check("fail" if missing else "ok", "semantic cache",
+                f"model files missing in {folder}: {', '.join(missing)}" if missing
+                else f"all-MiniLM-L6-v2 installed ({folder})")
 
 
 def check_signing_key_in_vault(o: Options, vault: VaultProbe) -> Iterator[Check]:
