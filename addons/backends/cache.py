@@ -201,16 +201,10 @@ class RedisStore:
         if now - self._warned_at < self.WARN_EVERY:
             return
         self._warned_at = now
-        if isinstance(exc, TimeoutError):
-            why = f"did not answer within {self.timeout:g} s"
-        elif isinstance(exc, resp.AuthenticationError):
-            why = f"refused our credentials ({exc})"
-        elif isinstance(exc, OSError):
-            why = f"cannot be reached ({exc})"
-        elif isinstance(exc, ValueError):  # from CachedAnswer.from_bytes
+        if isinstance(exc, ValueError):  # from CachedAnswer.from_bytes
             why = f"holds a value that is not a cached answer ({exc})"
         else:
-            why = f"failed ({type(exc).__name__}: {exc})"
+            why = resp.failure(exc, self.timeout)
         log.warning("response cache: could not %s an answer: Redis at %s %s; requests go "
                     "to the vendor meanwhile (%d errors so far; next warning in %g s at "
                     "the earliest)", what, self.address, why, self.errors, self.WARN_EVERY)

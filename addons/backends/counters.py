@@ -254,14 +254,9 @@ class RedisCounters:
             raise CountersUnavailable(self._explain(exc), reason="limits_unavailable") from exc
 
     def _explain(self, exc: Exception) -> str:
-        if isinstance(exc, TimeoutError):
-            what = f"did not answer within {self.timeout:g} s"
-        elif isinstance(exc, resp.AuthenticationError):
-            what = f"refused our credentials ({exc}); check the user and password in the URL"
-        elif isinstance(exc, OSError):
-            what = f"cannot be reached ({exc})"
-        else:
-            what = f"failed ({type(exc).__name__}: {exc})"
+        what = resp.failure(exc, self.timeout)
+        if isinstance(exc, resp.AuthenticationError):
+            what += "; check the user and password in the URL"
         return (f"rate limits and budgets cannot be checked: Redis at {self.address} {what}. "
                 "Check that Redis is running and reachable from the proxy and that the "
                 "counters URL is right")

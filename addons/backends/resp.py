@@ -55,6 +55,17 @@ def error_reply(message: str) -> ResponseError:
 
 # -- RESP2 -----------------------------------------------------------------------------
 
+def failure(exc: BaseException, timeout: float) -> str:
+    """What went wrong talking to Redis, as the end of "Redis at ADDRESS …"."""
+    if isinstance(exc, TimeoutError):
+        return f"did not answer within {timeout:g} s"
+    if isinstance(exc, AuthenticationError):
+        return f"refused our credentials ({exc})"
+    if isinstance(exc, OSError):
+        return f"cannot be reached ({exc})"
+    return f"failed ({type(exc).__name__}: {exc})"
+
+
 def encode(args: Sequence[Arg]) -> bytes:
     """One command as a RESP array of bulk strings."""
     out = [b"*%d\r\n" % len(args)]

@@ -232,7 +232,8 @@ class Relay:
         family = family_of(flow)
         encoding = flow.request.headers.get("content-encoding", "")
         raw = flow.request.raw_content or b""
-        try:
+        try:  # the body as it leaves (Redact and Enforce rewrote the bytes, not
+            # VendorRequest's parse): a fallback must get the redacted text
             body_json = orjson.loads(bodies.decode(raw, encoding)) if raw else None
         except ValueError:  # a multipart upload, say: relayed as it is, never translated
             body_json = None
@@ -541,23 +542,23 @@ class Relay:
                                                   "model": target.model}
             answer = _translated(t, target, answer, headers)
             headers = answer.headers
+        body = answer.body
+        # a fallback's answer is cached too: it is in the shape the agent asked for
         if t.cache_key is not None and answer.status == 200 \
-                and not _header(headers, "content-encoding"):  # a fallback's answer too: it
-            # is in the shape the agent asked for
-            answer = Answer(answer.status, headers, self._remember(t, answer, headers),
-                            answer.close)
-        return Answer(answer.status, headers, answer.body, answer.close)
+                and not _header(headers, "content-encoding"):
+            body = self._remember(t, body, headers)
+        return Answer(answer.status, headers, body, answer.close)
 
-    async def _remember(self, t: Ticket, answer: Answer,
+    async def _remember(self, t: Ticket, body: AsyncIterator[bytes],
                         headers: list[tuple[str, str]]) -> AsyncIterator[bytes]:
         """Pass the body on as it comes, and store it once it has all come."""
         kept, size = [], 0
-        async for chunk in answer.body:
+        async for chunk in body:
             yield chunk
             size += len(chunk)
             if size <= answers.MAX_ANSWER_BYTES:
                 kept.append(chunk)
-        if size > answers.MAX_ANSWER_BYTES or t.cache_key is None:
+        if size > answers.MAX_ANSWER_BYTES:
             return
         plan = t.plan.cache
         assert plan is not None
